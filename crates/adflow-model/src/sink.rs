@@ -1,0 +1,42 @@
+//! The contract between the dataflow and an output sink (files, ClickHouse, webhooks).
+//!
+//! The engine hands each sink the changes of every output table in batches, with a *frontier*:
+//! after `write(changes, frontier)` the sink has received every change whose `version` is below
+//! `frontier` (versions are event-time milliseconds). Changes inside one call are in no
+//! particular order; a later call never carries a version below an earlier call's frontier.
+//!
+//! A sink reports, through [`Sink::durable_frontier`], the frontier up to which everything it
+//! received is durably stored. Sources use the smallest durable frontier over all sinks to
+//! decide which input offsets may be committed. A sink may buffer and write asynchronously; it
+//! applies back-pressure by blocking in `write` when its buffer is full.
+
+use crate::output::Change;
+
+/// Why a sink could not take or store changes.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("sink {sink}: i/o error: {source}")]
+    Io {
+        sink: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sink {sink}: {message}")]
+    Other { sink: String, message: String },
+}
+
+/// An output sink. See the module docs for the frontier contract.
+pub trait Sink: Send {
+    /// A short name for logs and metrics (`file`, `clickhouse`, ...).
+    fn name(&self) -> &str;
+
+    /// Takes a batch of changes; afterwards every change with `version < frontier` has been
+    /// handed over.
+    fn write(&mut self, changes: Vec<Change>, frontier: i64) -> Result<(), SinkError>;
+
+    /// Blocks until everything handed over so far is durable.
+    fn flush(&mut self) -> Result<(), SinkError>;
+
+    /// Every change with `version` below this frontier is durably stored.
+    fn durable_frontier(&self) -> i64;
+}

@@ -1,0 +1,1 @@
+//! adflow pipelines (work in progress).
