@@ -11,10 +11,13 @@
 //!
 //! This crate does no I/O.
 
+pub mod event;
+pub mod identity;
 pub mod money;
 pub mod output;
 pub mod sink;
 pub mod stream;
+pub mod time;
 
 pub use output::{Change, OutputRow, Table};
 pub use sink::{Sink, SinkError};

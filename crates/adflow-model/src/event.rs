@@ -1,0 +1,603 @@
+//! Parsing one raw message into a validated [`Event`] (spec §1), or a one-line rejection reason.
+//!
+//! Parsing borrows from the raw bytes (`serde_json` over `&RawValue` fields), checks every field
+//! with its own message, and never panics on any input. Identifiers are trimmed; waybill numbers
+//! are cleaned; phones become a keyed hash plus a masked form (the raw phone never leaves this
+//! module); addresses are validated and dropped (no output carries them).
+
+use crate::identity::{clean_waybill, is_junk, mask_phone, normalize_phone, phone_hash};
+use crate::money::parse_fen;
+use crate::stream::StreamKind;
+use crate::time::{check_range, parse_ts_text};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Settings that parsing depends on.
+#[derive(Clone, Debug)]
+pub struct ParseConfig {
+    /// Zone of zone-less timestamps, minutes east of UTC (default +480, China Standard Time).
+    pub zone_offset_minutes: i32,
+    /// Secret of the phone HMAC.
+    pub phone_secret: Vec<u8>,
+}
+
+impl Default for ParseConfig {
+    fn default() -> Self {
+        ParseConfig {
+            zone_offset_minutes: 480,
+            phone_secret: b"adflow-default-phone-secret".to_vec(),
+        }
+    }
+}
+
+/// A flag set on an order by an `order_status` event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OrderFlag {
+    Cancelled,
+    AfterSale,
+    Refunded,
+}
+
+/// The kind of identifier in an identity node.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IdNode {
+    User(String),
+    Device(String),
+    /// Keyed hash of the phone.
+    Phone(String),
+}
+
+impl IdNode {
+    /// `user:<id>`, `device:<id>` or `phone:<hash>`.
+    pub fn key(&self) -> String {
+        match self {
+            IdNode::User(s) => format!("user:{s}"),
+            IdNode::Device(s) => format!("device:{s}"),
+            IdNode::Phone(s) => format!("phone:{s}"),
+        }
+    }
+}
+
+/// A validated input event. `event_id` and `ts` (epoch ms) are common to all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub event_id: String,
+    pub ts: i64,
+    pub body: Body,
+}
+
+/// The type-specific part of an [`Event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    Impression {
+        campaign_id: String,
+        channel: String,
+        device_id: String,
+        cost_fen: i64,
+    },
+    Click {
+        campaign_id: String,
+        channel: String,
+        device_id: String,
+        cost_fen: i64,
+        /// `None` when absent or junk.
+        user_id: Option<String>,
+    },
+    Order {
+        order_id: String,
+        user_id: String,
+        amount_fen: i64,
+        /// Keyed hash of the normalized phone, `None` when absent or junk.
+        phone_hash: Option<String>,
+        phone_masked: Option<String>,
+    },
+    OrderStatus {
+        order_id: String,
+        flag: OrderFlag,
+    },
+    Shipment {
+        order_id: String,
+        shipper_code: String,
+        /// Cleaned waybill number.
+        logistic_code: String,
+    },
+    Track {
+        shipper_code: String,
+        /// Cleaned waybill number.
+        logistic_code: String,
+        state: u32,
+        state_ex: Option<u32>,
+        station: Option<String>,
+    },
+    /// An identity link: the non-junk identifiers it names (at least two).
+    Link {
+        nodes: Vec<IdNode>,
+    },
+}
+
+impl Body {
+    /// The event's `type` as written in the input.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Body::Impression { .. } => "impression",
+            Body::Click { .. } => "click",
+            Body::Order { .. } => "order",
+            Body::OrderStatus { .. } => "order_status",
+            Body::Shipment { .. } => "shipment",
+            Body::Track { .. } => "track",
+            Body::Link { .. } => "link",
+        }
+    }
+}
+
+/// The Kdniao code of a track: its `state_ex` when present, else its `state`.
+pub fn track_code(state: u32, state_ex: Option<u32>) -> u32 {
+    state_ex.unwrap_or(state)
+}
+
+#[derive(Deserialize, Default)]
+struct Fields<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    ts: Option<&'a RawValue>,
+    #[serde(borrow)]
+    campaign_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow)]
+    device_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    cost: Option<&'a RawValue>,
+    #[serde(borrow)]
+    user_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    order_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    amount: Option<&'a RawValue>,
+    #[serde(borrow)]
+    phone: Option<&'a RawValue>,
+    #[serde(borrow)]
+    address: Option<&'a RawValue>,
+    #[serde(borrow)]
+    status: Option<&'a RawValue>,
+    #[serde(borrow)]
+    shipper_code: Option<&'a RawValue>,
+    #[serde(borrow)]
+    logistic_code: Option<&'a RawValue>,
+    #[serde(borrow)]
+    state: Option<&'a RawValue>,
+    #[serde(borrow)]
+    state_ex: Option<&'a RawValue>,
+    #[serde(borrow)]
+    station: Option<&'a RawValue>,
+}
+
+type R<T> = Result<T, String>;
+
+fn is_null(v: &RawValue) -> bool {
+    v.get() == "null"
+}
+
+/// A JSON string field (required). Identifiers are trimmed.
+fn string(name: &str, v: Option<&RawValue>) -> R<String> {
+    match v {
+        None => Err(format!("missing required field `{name}`")),
+        Some(v) if is_null(v) => Err(format!("missing required field `{name}` (null)")),
+        Some(v) => opt_string(name, Some(v)).map(|s| s.unwrap_or_default()),
+    }
+}
+
+/// A JSON string field (optional; null means absent).
+fn opt_string(name: &str, v: Option<&RawValue>) -> R<Option<String>> {
+    match v {
+        None => Ok(None),
+        Some(v) if is_null(v) => Ok(None),
+        Some(v) => {
+            let t = v.get();
+            if !t.starts_with('"') {
+                return Err(format!("field `{name}` must be a string, got {}", kind(t)));
+            }
+            let s: std::borrow::Cow<'_, str> =
+                serde_json::from_str(t).map_err(|e| format!("field `{name}`: {e}"))?;
+            Ok(Some(s.trim().to_string()))
+        }
+    }
+}
+
+/// A non-empty identifier.
+fn ident(name: &str, v: Option<&RawValue>) -> R<String> {
+    let s = string(name, v)?;
+    if s.is_empty() {
+        return Err(format!("field `{name}` is empty"));
+    }
+    Ok(s)
+}
+
+fn kind(t: &str) -> &'static str {
+    match t.as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't') | Some(b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// Money: a JSON number or a decimal string, at most 2 decimals, non-negative.
+fn money(name: &str, v: Option<&RawValue>, default: Option<i64>) -> R<i64> {
+    let v = match v {
+        Some(v) if !is_null(v) => v,
+        _ => return default.ok_or_else(|| format!("missing required field `{name}`")),
+    };
+    let t = v.get();
+    let text: std::borrow::Cow<'_, str> = if t.starts_with('"') {
+        serde_json::from_str(t).map_err(|e| format!("field `{name}`: {e}"))?
+    } else if t.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        std::borrow::Cow::Borrowed(t)
+    } else {
+        return Err(format!(
+            "field `{name}` must be a number or a decimal string, got {}",
+            kind(t)
+        ));
+    };
+    parse_fen(&text).map_err(|e| format!("field `{name}`: {e}"))
+}
+
+/// A Kdniao code: JSON integer or a string of digits.
+fn code(name: &str, v: Option<&RawValue>) -> R<Option<u32>> {
+    let v = match v {
+        Some(v) if !is_null(v) => v,
+        _ => return Ok(None),
+    };
+    let t = v.get();
+    let text: std::borrow::Cow<'_, str> = if t.starts_with('"') {
+        serde_json::from_str(t).map_err(|e| format!("field `{name}`: {e}"))?
+    } else {
+        std::borrow::Cow::Borrowed(t)
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse::<u32>()
+        .map(Some)
+        .map_err(|_| format!("field `{name}` is not a Kdniao state code: {}", short(text)))
+}
+
+fn short(t: &str) -> String {
+    let s: String = t.chars().take(40).collect();
+    if s.len() < t.len() {
+        format!("{s}…")
+    } else {
+        s
+    }
+}
+
+fn timestamp(v: Option<&RawValue>, cfg: &ParseConfig) -> R<i64> {
+    let v = match v {
+        Some(v) if !is_null(v) => v,
+        _ => return Err("missing required field `ts`".into()),
+    };
+    let t = v.get();
+    if t.starts_with('"') {
+        let s: std::borrow::Cow<'_, str> =
+            serde_json::from_str(t).map_err(|e| format!("field `ts`: {e}"))?;
+        parse_ts_text(&s, cfg.zone_offset_minutes).map_err(|e| format!("field `ts`: {e}"))
+    } else if t.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        let ms: i64 = t.parse().map_err(|_| {
+            format!(
+                "field `ts` must be integer epoch milliseconds, got {}",
+                short(t)
+            )
+        })?;
+        check_range(ms).map_err(|e| format!("field `ts`: {e}"))
+    } else {
+        Err(format!(
+            "field `ts` must be a number or a string, got {}",
+            kind(t)
+        ))
+    }
+}
+
+/// Parses one raw message of `stream` into an [`Event`], or returns a one-line reason.
+pub fn parse_event(stream: StreamKind, raw: &[u8], cfg: &ParseConfig) -> Result<Event, String> {
+    let text = std::str::from_utf8(raw).map_err(|e| format!("not UTF-8: {e}"))?;
+    let trimmed = text.trim();
+    if !trimmed.starts_with('{') {
+        return Err(if trimmed.is_empty() {
+            "empty message".to_string()
+        } else {
+            "not a JSON object".to_string()
+        });
+    }
+    let f: Fields<'_> = serde_json::from_str(trimmed).map_err(|e| format!("invalid JSON: {e}"))?;
+    let ty = string("type", f.ty)?;
+    let event_id = ident("event_id", f.event_id)?;
+    let ts = timestamp(f.ts, cfg)?;
+    let allowed: &[&str] = match stream {
+        StreamKind::AdEvents => &["impression", "click"],
+        StreamKind::Orders => &["order", "order_status", "shipment"],
+        StreamKind::Logistics => &["track"],
+        StreamKind::Identity => &["link"],
+    };
+    if !allowed.contains(&ty.as_str()) {
+        return Err(format!(
+            "unknown type {:?} for stream {} (expected {})",
+            short(&ty),
+            stream,
+            allowed.join(", ")
+        ));
+    }
+    let body = match ty.as_str() {
+        "impression" => Body::Impression {
+            campaign_id: ident("campaign_id", f.campaign_id)?,
+            channel: ident("channel", f.channel)?,
+            device_id: string("device_id", f.device_id)?,
+            cost_fen: money("cost", f.cost, Some(0))?,
+        },
+        "click" => Body::Click {
+            campaign_id: ident("campaign_id", f.campaign_id)?,
+            channel: ident("channel", f.channel)?,
+            device_id: string("device_id", f.device_id)?,
+            cost_fen: money("cost", f.cost, None)?,
+            user_id: opt_string("user_id", f.user_id)?.filter(|u| !is_junk(u)),
+        },
+        "order" => {
+            let user_id = string("user_id", f.user_id)?;
+            if is_junk(&user_id) {
+                return Err(format!(
+                    "field `user_id` is a junk identifier {:?}",
+                    short(&user_id)
+                ));
+            }
+            opt_string("address", f.address)?; // validated, never kept
+            let (phone_hash, phone_masked) = match opt_string("phone", f.phone)? {
+                None => (None, None),
+                Some(p) => match normalize_phone(&p).map_err(|e| format!("field `phone`: {e}"))? {
+                    None => (None, None),
+                    Some(n) => (
+                        Some(phone_hash(&n, &cfg.phone_secret)),
+                        Some(mask_phone(&n)),
+                    ),
+                },
+            };
+            Body::Order {
+                order_id: ident("order_id", f.order_id)?,
+                user_id,
+                amount_fen: money("amount", f.amount, None)?,
+                phone_hash,
+                phone_masked,
+            }
+        }
+        "order_status" => {
+            let status = string("status", f.status)?;
+            let flag = match status.as_str() {
+                "cancelled" => OrderFlag::Cancelled,
+                "after_sale" => OrderFlag::AfterSale,
+                "refunded" => OrderFlag::Refunded,
+                other => {
+                    return Err(format!(
+                        "field `status` must be cancelled, after_sale or refunded, got {:?}",
+                        short(other)
+                    ))
+                }
+            };
+            Body::OrderStatus {
+                order_id: ident("order_id", f.order_id)?,
+                flag,
+            }
+        }
+        "shipment" => Body::Shipment {
+            order_id: ident("order_id", f.order_id)?,
+            shipper_code: ident("shipper_code", f.shipper_code)?.to_uppercase(),
+            logistic_code: waybill(f.logistic_code)?,
+        },
+        "track" => Body::Track {
+            shipper_code: ident("shipper_code", f.shipper_code)?.to_uppercase(),
+            logistic_code: waybill(f.logistic_code)?,
+            state: code("state", f.state)?.ok_or("missing required field `state`")?,
+            state_ex: code("state_ex", f.state_ex)?,
+            station: opt_string("station", f.station)?,
+        },
+        "link" => {
+            let mut nodes = Vec::new();
+            let mut named = 0;
+            if let Some(d) = opt_string("device_id", f.device_id)? {
+                named += 1;
+                if !crate::identity::is_junk_device(&d) {
+                    nodes.push(IdNode::Device(d));
+                }
+            }
+            if let Some(u) = opt_string("user_id", f.user_id)? {
+                named += 1;
+                if !is_junk(&u) {
+                    nodes.push(IdNode::User(u));
+                }
+            }
+            if let Some(p) = opt_string("phone", f.phone)? {
+                named += 1;
+                if let Some(n) = normalize_phone(&p).map_err(|e| format!("field `phone`: {e}"))? {
+                    nodes.push(IdNode::Phone(phone_hash(&n, &cfg.phone_secret)));
+                }
+            }
+            if named < 2 {
+                return Err("a link needs two or more of `device_id`, `phone`, `user_id`".into());
+            }
+            Body::Link { nodes }
+        }
+        _ => return Err(format!("unknown type {:?}", short(&ty))),
+    };
+    Ok(Event { event_id, ts, body })
+}
+
+fn waybill(v: Option<&RawValue>) -> R<String> {
+    let c = clean_waybill(&ident("logistic_code", v)?);
+    if c.is_empty() {
+        return Err("field `logistic_code` is empty after cleaning".into());
+    }
+    Ok(c)
+}
+
+/// The first 4 KiB of a raw message as text (invalid UTF-8 replaced), cut at a character
+/// boundary; what a `dead_letters` row shows in `raw`.
+pub fn raw_excerpt(raw: &[u8]) -> String {
+    let cut = &raw[..raw.len().min(4096)];
+    let mut s = String::from_utf8_lossy(cut).into_owned();
+    while s.len() > 4096 {
+        s.pop();
+    }
+    if raw.len() <= 4096 {
+        return s;
+    }
+    // A multi-byte character split at the 4 KiB edge shows as U+FFFD at the end; drop it.
+    if s.ends_with('\u{FFFD}') {
+        s.pop();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(stream: StreamKind, s: &str) -> Result<Event, String> {
+        parse_event(stream, s.as_bytes(), &ParseConfig::default())
+    }
+
+    #[test]
+    fn parses_every_type() {
+        let e = p(StreamKind::AdEvents, r#"{"type":"click","event_id":"e1","ts":1000,"campaign_id":"c1","channel":"douyin","device_id":"d1","cost":12.34,"user_id":"u1"}"#).unwrap();
+        assert_eq!(e.ts, 1000);
+        assert_eq!(
+            e.body,
+            Body::Click {
+                campaign_id: "c1".into(),
+                channel: "douyin".into(),
+                device_id: "d1".into(),
+                cost_fen: 1234,
+                user_id: Some("u1".into())
+            }
+        );
+        let e = p(StreamKind::AdEvents, r#"{"type":"impression","event_id":"e2","ts":"2024-06-01 08:00:00","campaign_id":"c1","channel":"baidu","device_id":"d1"}"#).unwrap();
+        assert_eq!(e.ts, 1_717_200_000_000);
+        assert!(matches!(e.body, Body::Impression { cost_fen: 0, .. }));
+        let e = p(StreamKind::Orders, r#"{"type":"order","event_id":"o1","ts":5,"order_id":"o1","user_id":"u1","amount":"199.00","phone":"13812345678","address":"上海市浦东新区世纪大道100号"}"#).unwrap();
+        match e.body {
+            Body::Order {
+                amount_fen,
+                phone_hash,
+                phone_masked,
+                ..
+            } => {
+                assert_eq!(amount_fen, 19_900);
+                assert_eq!(phone_hash.map(|h| h.len()), Some(32));
+                assert_eq!(phone_masked.as_deref(), Some("138****5678"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = p(StreamKind::Logistics, r#"{"type":"track","event_id":"t1","ts":"2024/06/01 08:00:00","shipper_code":"sf","logistic_code":" sf-123 456 ","state":"2","state_ex":202}"#).unwrap();
+        assert_eq!(
+            e.body,
+            Body::Track {
+                shipper_code: "SF".into(),
+                logistic_code: "SF123456".into(),
+                state: 2,
+                state_ex: Some(202),
+                station: None
+            }
+        );
+        let e = p(StreamKind::Identity, r#"{"type":"link","event_id":"l1","ts":1,"device_id":"000-0","user_id":"u9","phone":null}"#).unwrap();
+        assert_eq!(
+            e.body,
+            Body::Link {
+                nodes: vec![IdNode::User("u9".into())]
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_with_clear_reasons() {
+        let cases = [
+            (StreamKind::AdEvents, "not json", "not a JSON object"),
+            (StreamKind::AdEvents, "{\"type\":", "invalid JSON"),
+            (StreamKind::AdEvents, "", "empty message"),
+            (
+                StreamKind::AdEvents,
+                r#"{"type":"order","event_id":"x","ts":1}"#,
+                "unknown type",
+            ),
+            (
+                StreamKind::AdEvents,
+                r#"{"type":"click","ts":1}"#,
+                "missing required field `event_id`",
+            ),
+            (
+                StreamKind::AdEvents,
+                r#"{"type":"click","event_id":"x","ts":"soon"}"#,
+                "unparseable timestamp",
+            ),
+            (
+                StreamKind::AdEvents,
+                r#"{"type":"click","event_id":"x","ts":1,"campaign_id":"c","channel":"d","device_id":"d"}"#,
+                "missing required field `cost`",
+            ),
+            (
+                StreamKind::AdEvents,
+                r#"{"type":"click","event_id":"x","ts":1,"campaign_id":"c","channel":"d","device_id":"d","cost":"1.234"}"#,
+                "more than 2 decimals",
+            ),
+            (
+                StreamKind::AdEvents,
+                r#"{"type":"click","event_id":"x","ts":1,"campaign_id":5,"channel":"d","device_id":"d","cost":1}"#,
+                "must be a string",
+            ),
+            (
+                StreamKind::AdEvents,
+                r#"{"type":"click","event_id":"x","ts":1.5,"campaign_id":"c","channel":"d","device_id":"d","cost":1}"#,
+                "integer epoch milliseconds",
+            ),
+            (
+                StreamKind::Orders,
+                r#"{"type":"order","event_id":"x","ts":1,"order_id":"o","user_id":"null","amount":1}"#,
+                "junk identifier",
+            ),
+            (
+                StreamKind::Orders,
+                r#"{"type":"order","event_id":"x","ts":1,"order_id":"o","user_id":"u","amount":-1}"#,
+                "negative",
+            ),
+            (
+                StreamKind::Orders,
+                r#"{"type":"order_status","event_id":"x","ts":1,"order_id":"o","status":"lost"}"#,
+                "must be cancelled",
+            ),
+            (
+                StreamKind::Logistics,
+                r#"{"type":"track","event_id":"x","ts":1,"shipper_code":"SF","logistic_code":"1","state":"signed"}"#,
+                "not a Kdniao state code",
+            ),
+            (
+                StreamKind::Identity,
+                r#"{"type":"link","event_id":"x","ts":1,"user_id":"u"}"#,
+                "two or more",
+            ),
+        ];
+        for (stream, line, want) in cases {
+            let err = p(stream, line).unwrap_err();
+            assert!(err.contains(want), "{line}: {err}");
+            assert!(!err.contains('\n'));
+        }
+        assert!(parse_event(StreamKind::Orders, &[0xff, 0xfe], &ParseConfig::default()).is_err());
+    }
+
+    #[test]
+    fn excerpt_is_bounded() {
+        let long = "é".repeat(5000);
+        let ex = raw_excerpt(long.as_bytes());
+        assert!(ex.len() <= 4096 && ex.chars().all(|c| c == 'é'));
+    }
+}
