@@ -1,1 +1,27 @@
-//! placeholder
+//! The Kafka side of adflow (spec §1: one topic per input stream, prefix configurable).
+//!
+//! - [`KafkaSource`]: one consumer per dataflow worker, all in one consumer group, returning
+//!   [`adflow_model::RawMessage`]s in bounded batches, with per-partition idle information and
+//!   synchronous manual commits of exactly the offsets the engine hands it.
+//! - [`produce()`] / [`ProduceArgs`]: `adflow produce`, publishes a file-mode data set.
+//! - [`DeadLetterProducer`]: publishes rejected messages to `<prefix>dead_letters`.
+//! - [`ensure_topics`]: creates the topics when missing.
+//!
+//! librdkafka is built from the copy bundled in `rdkafka-sys` (`./configure && make`, no cmake;
+//! needs gcc, make, and zlib headers).
+
+mod admin;
+mod config;
+mod dead_letter;
+mod error;
+mod produce;
+mod source;
+
+pub use admin::{all_topics, ensure_topics, TopicState};
+pub use config::{KafkaConfig, DEAD_LETTERS_TOPIC, MANAGED_PROPERTIES};
+pub use dead_letter::{DeadLetter, DeadLetterProducer, RAW_LIMIT};
+pub use error::KafkaError;
+pub use produce::{message_key, now_ms, produce, ProduceArgs, ProduceReport, StreamReport};
+pub use source::{
+    CommitOutcome, KafkaSource, PartitionStatus, RebalanceEvent, SourceRecord,
+};

@@ -1,1 +1,38 @@
-pub fn x() {}
+//! adflow's Kdniao (快递鸟) logistics connector.
+//!
+//! * [`client`]: Kdniao instant query (1002/8001/8002) and subscribe (1008/8008), signed
+//!   with [`sign::data_sign`], rate limited ([`ratelimit`]), with retries.
+//! * [`kuaidi100`]: the Kuaidi100 backup provider; [`tracker`]: failover and the durable
+//!   failed queue.
+//! * [`answer`]: lenient parsing of every Kdniao answer shape; [`track`]: answers →
+//!   spec §1 `logistics` `track` events with stable `event_id`s.
+//! * [`sink`]: the [`sink::TrackPublisher`] trait (file implementation; Kafka is supplied
+//!   by the binary) and the deduplicating [`sink::TrackSink`].
+//! * [`receiver`]: the HTTP push receiver; [`subscribe`]: subscriptions and the poller.
+//! * [`sandbox`]: a stand-in Kdniao/Kuaidi100 server for tests and demos.
+//! * [`cli`]: [`KdniaoCommand`] and [`run`], mounted by the binary as `adflow kdniao`.
+//!
+//! Secrets ([`Secret`]) never appear in logs, errors, `Debug` output or outputs.
+
+pub mod answer;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod kuaidi100;
+pub mod ratelimit;
+pub mod receiver;
+pub mod sandbox;
+pub mod secret;
+pub mod sign;
+pub mod sink;
+pub mod subscribe;
+pub mod track;
+pub mod tracker;
+
+pub use cli::{run, run_with_publisher, KdniaoCommand};
+pub use config::KdniaoConfig;
+pub use error::{KdniaoError, Provider, ProviderError, PublishError};
+pub use secret::Secret;
+pub use sink::{FilePublisher, TrackPublisher, TrackSink};
+pub use track::TrackEvent;

@@ -9,7 +9,7 @@ use crate::identity::{clean_waybill, is_junk, mask_phone, normalize_phone, phone
 use crate::money::parse_fen;
 use crate::stream::StreamKind;
 use crate::time::{check_range, parse_ts_text};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// Settings that parsing depends on.
@@ -31,7 +31,7 @@ impl Default for ParseConfig {
 }
 
 /// A flag set on an order by an `order_status` event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum OrderFlag {
     Cancelled,
     AfterSale,
@@ -39,7 +39,7 @@ pub enum OrderFlag {
 }
 
 /// The kind of identifier in an identity node.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum IdNode {
     User(String),
     Device(String),
@@ -59,7 +59,7 @@ impl IdNode {
 }
 
 /// A validated input event. `event_id` and `ts` (epoch ms) are common to all.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Event {
     pub event_id: String,
     pub ts: i64,
@@ -67,7 +67,7 @@ pub struct Event {
 }
 
 /// The type-specific part of an [`Event`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Body {
     Impression {
         campaign_id: String,
@@ -116,6 +116,16 @@ pub enum Body {
 }
 
 impl Body {
+    /// The stream this kind of event travels on.
+    pub fn stream(&self) -> StreamKind {
+        match self {
+            Body::Impression { .. } | Body::Click { .. } => StreamKind::AdEvents,
+            Body::Order { .. } | Body::OrderStatus { .. } | Body::Shipment { .. } => StreamKind::Orders,
+            Body::Track { .. } => StreamKind::Logistics,
+            Body::Link { .. } => StreamKind::Identity,
+        }
+    }
+
     /// The event's `type` as written in the input.
     pub fn type_name(&self) -> &'static str {
         match self {

@@ -11,6 +11,7 @@
 //!
 //! This crate does no I/O.
 
+pub mod config;
 pub mod event;
 pub mod identity;
 pub mod money;

@@ -110,6 +110,10 @@ impl<const SCALE: u32> fmt::Display for Fixed<SCALE> {
 
 impl<const SCALE: u32> Serialize for Fixed<SCALE> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            // Binary formats (dataflow exchange between processes) carry the scaled integer.
+            return s.serialize_i64(self.0);
+        }
         // Written as a JSON number token with exactly SCALE decimals; no float involved.
         let text = self.to_string();
         let raw =
@@ -120,6 +124,9 @@ impl<const SCALE: u32> Serialize for Fixed<SCALE> {
 
 impl<'de, const SCALE: u32> Deserialize<'de> for Fixed<SCALE> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            return i64::deserialize(d).map(Fixed);
+        }
         let n = serde_json::Number::deserialize(d)?;
         let text = n.to_string();
         crate::money::parse_decimal(&text, SCALE)
@@ -135,6 +142,9 @@ pub struct JsonText(pub String);
 
 impl Serialize for JsonText {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            return s.serialize_str(&self.0);
+        }
         let raw = serde_json::value::RawValue::from_string(self.0.clone())
             .map_err(serde::ser::Error::custom)?;
         raw.serialize(s)
@@ -143,6 +153,9 @@ impl Serialize for JsonText {
 
 impl<'de> Deserialize<'de> for JsonText {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            return String::deserialize(d).map(JsonText);
+        }
         let v = serde_json::Value::deserialize(d)?;
         Ok(JsonText(v.to_string()))
     }
@@ -259,7 +272,7 @@ pub struct DeadLetterRow {
 }
 
 /// A row of any output table.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum OutputRow {
     Attribution(AttributionRow),
     OrderStatus(OrderStatusRow),

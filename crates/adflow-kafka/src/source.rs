@@ -1,0 +1,453 @@
+//! [`KafkaSource`]: one Kafka consumer per dataflow worker, with manual, synchronous commits.
+//!
+//! # Delivery semantics
+//!
+//! All workers of all adflow processes of a pipeline share one consumer group
+//! ([`KafkaConfig::group_id`]), so the partitions of the four input topics are spread over the
+//! workers. A source never commits on its own (`enable.auto.commit=false`,
+//! `enable.auto.offset.store=false`): the engine calls [`KafkaSource::commit`] with the offsets
+//! whose effects every sink has durably written. A partition the group has never committed is
+//! read from its earliest offset (`auto.offset.reset=earliest`). Delivery is therefore
+//! at-least-once: after a crash, a restart or a rebalance, everything after the last committed
+//! offset of a partition is delivered again, and the engine's `event_id` dedup (spec §1) keeps
+//! it from being counted twice.
+//!
+//! # Rebalances and uncommitted work
+//!
+//! librdkafka runs the rebalance callbacks inside [`KafkaSource::poll_batch`] (and the other
+//! poll functions); between two polls the assignment seen by this source does not change.
+//! When partitions are revoked:
+//! - messages of those partitions that librdkafka had prefetched but this source had not yet
+//!   returned are discarded (the next owner fetches them again);
+//! - messages already returned stay with the engine, which may finish processing them, but
+//!   this source no longer commits offsets for partitions it does not own:
+//!   [`KafkaSource::commit`] skips them and lists them in [`CommitOutcome::skipped`] (a late
+//!   commit could otherwise move the new owner's committed offset backwards or forwards);
+//! - the new owner (possibly this same source after an eager rebalance) starts at the last
+//!   committed offset, so all uncommitted work on the partition is redelivered;
+//! - the source does **not** commit anything on revocation: only the engine knows what is
+//!   durable. To keep redelivery small the engine should commit after every durable sink flush.
+//!
+//! Every assignment change is also reported as a [`RebalanceEvent`] by
+//! [`KafkaSource::take_rebalance_events`], so the engine can drop its per-partition state
+//! (pending offsets, partition watermarks) for revoked partitions and start fresh ones for
+//! assigned partitions.
+
+use adflow_model::{Position, RawMessage, StreamKind};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError as RdError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+use tracing::{debug, info, warn};
+
+use crate::{KafkaConfig, KafkaError};
+
+/// A change of this source's partition assignment, in the order librdkafka reported them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    /// These partitions now belong to this source; reading starts at the group's committed
+    /// offset (or the earliest offset when none is committed).
+    Assigned(Vec<(StreamKind, i32)>),
+    /// These partitions no longer belong to this source; see the module docs for what happens
+    /// to uncommitted work.
+    Revoked(Vec<(StreamKind, i32)>),
+}
+
+/// One consumed message with the Kafka metadata that [`RawMessage`] does not carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceRecord {
+    /// Stream, position (`Position::Kafka` with the full topic name, prefix included) and payload.
+    pub raw: RawMessage,
+    /// The message key, if any.
+    pub key: Option<Vec<u8>>,
+    /// The message timestamp in epoch ms (`adflow produce` writes its wall clock at send time).
+    pub timestamp_ms: Option<i64>,
+}
+
+/// What this source knows about one assigned partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub stream: StreamKind,
+    pub partition: i32,
+    /// Wall clock at which the partition was (last) assigned to this source.
+    pub assigned_at: SystemTime,
+    /// Wall clock at which this source last returned a message of the partition, if it has since
+    /// the assignment.
+    pub last_message_at: Option<SystemTime>,
+    /// Offset after the last message returned since the assignment (the next one to read).
+    pub next_offset: Option<i64>,
+    /// The last offset this source committed for the partition since the assignment.
+    pub committed: Option<i64>,
+}
+
+impl PartitionStatus {
+    /// Since when the partition has been idle: its last message, or its assignment when no
+    /// message has come since. The engine lets a partition idle for longer than its idle timeout
+    /// follow wall-clock time (spec §2).
+    pub fn idle_since(&self) -> SystemTime {
+        self.last_message_at.unwrap_or(self.assigned_at)
+    }
+}
+
+/// Result of [`KafkaSource::commit`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// Offsets committed to the group, as given.
+    pub committed: Vec<(StreamKind, i32, i64)>,
+    /// Offsets not committed because the partition is not (any more) assigned to this source.
+    pub skipped: Vec<(StreamKind, i32, i64)>,
+}
+
+/// librdkafka callbacks: records assignment changes for the source to pick up after a poll.
+pub(crate) struct SourceContext {
+    topic_prefix: String,
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl SourceContext {
+    fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<(StreamKind, i32)> {
+        let mut out: Vec<(StreamKind, i32)> = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let stream = e
+                    .topic()
+                    .strip_prefix(self.topic_prefix.as_str())
+                    .and_then(StreamKind::from_name);
+                if stream.is_none() {
+                    warn!(topic = e.topic(), "assignment names a topic that is not an input stream");
+                }
+                stream.map(|s| (s, e.partition()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn push(&self, event: RebalanceEvent) {
+        match self.events.lock() {
+            Ok(mut events) => events.push(event),
+            Err(poisoned) => poisoned.into_inner().push(event),
+        }
+    }
+
+    fn drain(&self) -> Vec<RebalanceEvent> {
+        match self.events.lock() {
+            Ok(mut events) => std::mem::take(&mut *events),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts = self.partitions_of(tpl);
+                info!(partitions = ?parts, "partitions assigned");
+                self.push(RebalanceEvent::Assigned(parts));
+            }
+            Rebalance::Revoke(tpl) => {
+                let parts = self.partitions_of(tpl);
+                info!(partitions = ?parts, "partitions revoked");
+                self.push(RebalanceEvent::Revoked(parts));
+            }
+            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// One worker's Kafka consumer of the four input topics. See the module docs for the delivery
+/// and rebalance semantics.
+///
+/// Not `Sync`: each worker owns its source. Dropping it closes the consumer and leaves the group
+/// (its partitions go to the other members at once, from the last committed offsets).
+pub struct KafkaSource {
+    config: KafkaConfig,
+    consumer: BaseConsumer<SourceContext>,
+    partitions: BTreeMap<(StreamKind, i32), PartitionStatus>,
+    events: Vec<RebalanceEvent>,
+}
+
+impl KafkaSource {
+    /// Creates the consumer and subscribes it to the four input topics (`<prefix><stream>`).
+    /// `worker` only names the client (`client.id = adflow-<group>-<worker>`) in broker logs.
+    /// Nothing is fetched and no partition is assigned before the first poll.
+    pub fn new(config: &KafkaConfig, worker: usize) -> Result<KafkaSource, KafkaError> {
+        let mut cc = config.client_config()?;
+        cc.set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        if !config.properties.contains_key("client.id") {
+            cc.set("client.id", format!("adflow-{}-{worker}", config.group_id));
+        }
+        let context = SourceContext {
+            topic_prefix: config.topic_prefix.clone(),
+            events: Mutex::new(Vec::new()),
+        };
+        let consumer: BaseConsumer<SourceContext> = cc
+            .create_with_context(context)
+            .map_err(KafkaError::Client)?;
+        let topics: Vec<String> = StreamKind::ALL.iter().map(|s| config.topic(*s)).collect();
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&refs)
+            .map_err(|source| KafkaError::Subscribe {
+                topics: topics.clone(),
+                source,
+            })?;
+        debug!(worker, ?topics, group = %config.group_id, "kafka source subscribed");
+        Ok(KafkaSource {
+            config: config.clone(),
+            consumer,
+            partitions: BTreeMap::new(),
+            events: Vec::new(),
+        })
+    }
+
+    /// The configuration this source was built from.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    /// Returns up to `max` messages, waiting at most `timeout` for the first one and not at all
+    /// for the rest (so it returns early with whatever is already buffered). An empty result
+    /// means nothing arrived within `timeout`. librdkafka prefetches a bounded amount per
+    /// partition (`queued.max.messages.kbytes`), so a caller applies back-pressure simply by not
+    /// polling. Rebalance callbacks run here too. `max = 0` returns at once without polling.
+    ///
+    /// Transient errors (broker down, unknown topic not yet created, …) are logged and retried
+    /// by librdkafka; only a fatal consumer error is returned.
+    pub fn poll_batch(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<RawMessage>, KafkaError> {
+        Ok(self
+            .poll_records(max, timeout)?
+            .into_iter()
+            .map(|r| r.raw)
+            .collect())
+    }
+
+    /// Like [`KafkaSource::poll_batch`], with each message's key and timestamp.
+    pub fn poll_records(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<SourceRecord>, KafkaError> {
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        let deadline = Instant::now() + timeout;
+        while out.len() < max {
+            let wait = if out.is_empty() {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            let polled = self.consumer.poll(wait);
+            // Callbacks may have changed the assignment during that poll.
+            self.apply_rebalance_events();
+            match polled {
+                None => {
+                    if !out.is_empty() || Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                Some(Ok(msg)) => {
+                    let topic = msg.topic();
+                    let Some(stream) = self.config.stream_of_topic(topic) else {
+                        warn!(topic, "message from a topic that is not an input stream; ignored");
+                        continue;
+                    };
+                    let partition = msg.partition();
+                    let offset = msg.offset();
+                    let now = SystemTime::now();
+                    let status = self
+                        .partitions
+                        .entry((stream, partition))
+                        .or_insert_with(|| PartitionStatus {
+                            stream,
+                            partition,
+                            assigned_at: now,
+                            last_message_at: None,
+                            next_offset: None,
+                            committed: None,
+                        });
+                    status.last_message_at = Some(now);
+                    status.next_offset = Some(offset + 1);
+                    out.push(SourceRecord {
+                        raw: RawMessage {
+                            stream,
+                            position: Position::Kafka {
+                                topic: topic.to_string(),
+                                partition,
+                                offset,
+                            },
+                            payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        },
+                        key: msg.key().map(<[u8]>::to_vec),
+                        timestamp_ms: msg.timestamp().to_millis(),
+                    });
+                }
+                Some(Err(e)) => {
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        return Err(KafkaError::Fatal(format!("{code:?}: {reason}")));
+                    }
+                    if let RdError::MessageConsumptionFatal(code) = e {
+                        return Err(KafkaError::Fatal(format!("{code:?}")));
+                    }
+                    warn!(error = %e, "kafka consumer error (retrying)");
+                    if !out.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply_rebalance_events(&mut self) {
+        let events = self.consumer.context().drain();
+        for event in events {
+            let now = SystemTime::now();
+            match &event {
+                RebalanceEvent::Assigned(parts) => {
+                    for &(stream, partition) in parts {
+                        self.partitions.insert(
+                            (stream, partition),
+                            PartitionStatus {
+                                stream,
+                                partition,
+                                assigned_at: now,
+                                last_message_at: None,
+                                next_offset: None,
+                                committed: None,
+                            },
+                        );
+                    }
+                }
+                RebalanceEvent::Revoked(parts) => {
+                    for key in parts {
+                        self.partitions.remove(key);
+                    }
+                }
+            }
+            self.events.push(event);
+        }
+    }
+
+    /// Assignment changes since the last call, oldest first. Kept until taken.
+    pub fn take_rebalance_events(&mut self) -> Vec<RebalanceEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The partitions currently assigned to this source, sorted. Empty before the first poll
+    /// and while the group rebalances.
+    pub fn assignment(&self) -> Vec<(StreamKind, i32)> {
+        self.partitions.keys().copied().collect()
+    }
+
+    /// Per-partition status (idle information, next offset, last commit) of the current
+    /// assignment, sorted by (stream, partition).
+    pub fn partition_status(&self) -> Vec<PartitionStatus> {
+        self.partitions.values().cloned().collect()
+    }
+
+    /// Synchronously commits exactly the given offsets to the group, each being the **next
+    /// offset to read** (last processed offset + 1), and returns once the broker has accepted
+    /// them. Offsets of partitions not assigned to this source are not committed and are
+    /// listed in [`CommitOutcome::skipped`]. A partition named twice, a negative offset or a
+    /// non-input stream is an error and nothing is committed. Offsets are committed as given,
+    /// even if lower than an earlier commit (the caller owns monotonicity). On error nothing
+    /// is known to be committed; retrying after the next poll is safe.
+    pub fn commit(
+        &mut self,
+        offsets: &[(StreamKind, i32, i64)],
+    ) -> Result<CommitOutcome, KafkaError> {
+        let mut seen = BTreeSet::new();
+        let mut outcome = CommitOutcome::default();
+        let mut tpl = TopicPartitionList::new();
+        for &(stream, partition, offset) in offsets {
+            if offset < 0 {
+                return Err(KafkaError::CommitRequest(format!(
+                    "negative offset {offset} for {stream}/{partition}"
+                )));
+            }
+            if !seen.insert((stream, partition)) {
+                return Err(KafkaError::CommitRequest(format!(
+                    "partition {stream}/{partition} named twice"
+                )));
+            }
+            if self.partitions.contains_key(&(stream, partition)) {
+                tpl.add_partition_offset(
+                    &self.config.topic(stream),
+                    partition,
+                    Offset::Offset(offset),
+                )
+                .map_err(KafkaError::Commit)?;
+                outcome.committed.push((stream, partition, offset));
+            } else {
+                outcome.skipped.push((stream, partition, offset));
+            }
+        }
+        if !outcome.skipped.is_empty() {
+            warn!(skipped = ?outcome.skipped, "not committing offsets of partitions not assigned to this source");
+        }
+        if outcome.committed.is_empty() {
+            return Ok(outcome);
+        }
+        self.consumer
+            .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            .map_err(KafkaError::Commit)?;
+        for &(stream, partition, offset) in &outcome.committed {
+            if let Some(status) = self.partitions.get_mut(&(stream, partition)) {
+                status.committed = Some(offset);
+            }
+        }
+        debug!(committed = ?outcome.committed, "offsets committed");
+        Ok(outcome)
+    }
+
+    /// Asks the group coordinator for the committed offsets of the current assignment
+    /// (`None`: nothing committed). Blocks up to `timeout`.
+    pub fn committed_offsets(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<(StreamKind, i32, Option<i64>)>, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for &(stream, partition) in self.partitions.keys() {
+            tpl.add_partition(&self.config.topic(stream), partition);
+        }
+        if tpl.count() == 0 {
+            return Ok(Vec::new());
+        }
+        let result: KafkaResult<TopicPartitionList> =
+            self.consumer.committed_offsets(tpl, timeout);
+        let tpl = result.map_err(KafkaError::Committed)?;
+        let mut out: Vec<(StreamKind, i32, Option<i64>)> = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let stream = self.config.stream_of_topic(e.topic())?;
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                Some((stream, e.partition(), offset))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}

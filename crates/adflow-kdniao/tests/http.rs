@@ -1,0 +1,357 @@
+//! Integration over real HTTP on 127.0.0.1 (ephemeral ports) against the stand-in.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use adflow_kdniao::answer::{KdniaoAnswer, PushRequestData};
+use adflow_kdniao::client::WaybillRequest;
+use adflow_kdniao::config::{Endpoints, KdniaoConfig, Kuaidi100Config};
+use adflow_kdniao::error::{Provider, ProviderError};
+use adflow_kdniao::receiver::{serve, ReceiverState};
+use adflow_kdniao::sandbox::{FailMode, PushCommand, Sandbox, SandboxKuaidi100, SandboxScript};
+use adflow_kdniao::sink::{FilePublisher, TrackSink};
+use adflow_kdniao::subscribe::{poll_quiet_once, subscribe_orders, SubscriptionBook};
+use adflow_kdniao::tracker::Tracker;
+use adflow_kdniao::Secret;
+use tokio::net::TcpListener;
+
+const EBID: &str = "1237100";
+const KEY: &str = "test-app-key-0123";
+
+fn fixture_items() -> Vec<KdniaoAnswer> {
+    let text = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/push_101_request_data.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let p: PushRequestData = serde_json::from_str(&text).unwrap();
+    p.data.into_iter().map(|v| serde_json::from_value(v).unwrap()).collect()
+}
+
+fn expected_push_lines() -> Vec<String> {
+    std::fs::read_to_string(format!(
+        "{}/tests/expected/push_101_request_data.jsonl",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+async fn sandbox() -> Sandbox {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let script = SandboxScript {
+        waybills: fixture_items(),
+        kuaidi100: Some(SandboxKuaidi100 {
+            customer: "CUST1".into(),
+            key: Secret::new("k100-key"),
+        }),
+        ..SandboxScript::default()
+    };
+    Sandbox::start(listener, EBID, Secret::new(KEY), script).await.unwrap()
+}
+
+fn config(sb: &Sandbox) -> KdniaoConfig {
+    let mut cfg = KdniaoConfig::new(EBID, Secret::new(KEY));
+    cfg.endpoints = Some(Endpoints::single(&sb.kdniao_url()));
+    cfg.http.timeout_ms = 300;
+    cfg.http.retries = 2;
+    cfg.http.retry_delay_ms = 20;
+    cfg.http.rate_limit_per_sec = 200.0;
+    cfg.kuaidi100 = Some(Kuaidi100Config {
+        customer: "CUST1".into(),
+        key: Secret::new("k100-key"),
+        url: sb.kuaidi100_url(),
+        rate_limit_per_sec: 200.0,
+        carriers: Default::default(),
+    });
+    cfg.validate().unwrap();
+    cfg
+}
+
+struct Receiver {
+    url: String,
+    out: PathBuf,
+    state: Arc<ReceiverState>,
+}
+
+async fn receiver(dir: &Path) -> Receiver {
+    let out = dir.join("out");
+    let sink = Arc::new(
+        TrackSink::open(Arc::new(FilePublisher::new(&out).unwrap()), &out.join(".kdniao")).unwrap(),
+    );
+    let state = ReceiverState::new(EBID.into(), Secret::new(KEY), sink);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/kdniao/push", listener.local_addr().unwrap());
+    tokio::spawn(serve(listener, state.clone(), std::future::pending()));
+    Receiver { url, out, state }
+}
+
+fn output_lines(out: &Path) -> Vec<String> {
+    match std::fs::read_to_string(out.join("logistics.jsonl")) {
+        Ok(t) => t.lines().map(str::to_string).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn push_to(url: &str, bad_sign: bool) -> PushCommand {
+    PushCommand {
+        callback_url: Some(url.to_string()),
+        request_type: Some(101),
+        logistic_codes: None,
+        bad_sign,
+    }
+}
+
+#[tokio::test]
+async fn good_push_becomes_events_and_a_correct_reply_and_repeats_add_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox().await;
+    let rx = receiver(dir.path()).await;
+
+    let (status, body) = sb.push(push_to(&rx.url, false)).await.unwrap();
+    assert_eq!(status, 200);
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reply["EBusinessID"], EBID);
+    assert_eq!(reply["Success"], true);
+    assert_eq!(reply["Reason"], "");
+    let t = reply["UpdateTime"].as_str().unwrap();
+    assert!(adflow_kdniao::answer::parse_kdniao_time(t).is_some() && t.len() == 19 && &t[4..5] == "-", "{t}");
+    assert_eq!(output_lines(&rx.out), expected_push_lines());
+
+    // Kdniao pushes the whole trace again: identical ids, no new lines.
+    let (status, body) = sb.push(push_to(&rx.url, false)).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["Success"], true);
+    assert_eq!(output_lines(&rx.out), expected_push_lines());
+    assert_eq!(rx.state.sink().metrics.duplicates.load(std::sync::atomic::Ordering::Relaxed), 16);
+}
+
+#[tokio::test]
+async fn bad_sign_is_rejected_and_produces_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox().await;
+    let rx = receiver(dir.path()).await;
+    let (status, body) = sb.push(push_to(&rx.url, true)).await.unwrap();
+    assert_eq!(status, 200);
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reply["Success"], false);
+    assert_eq!(reply["Reason"], "DataSign invalid");
+    assert!(!body.contains(KEY));
+    assert_eq!(output_lines(&rx.out), Vec::<String>::new());
+    assert_eq!(rx.state.metrics.bad_sign.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let metrics: serde_json::Value = reqwest::get(rx.url.replace("/kdniao/push", "/metrics"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metrics["bad_sign"], 1);
+    assert_eq!(metrics["events_written"], 0);
+}
+
+#[tokio::test]
+async fn kdniao_timing_out_fails_over_to_kuaidi100() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox().await;
+    sb.set_fail(Provider::Kdniao, FailMode::Timeout { delay_ms: 2_000 });
+    let tracker = Tracker::new(&config(&sb), dir.path()).unwrap();
+    let req = WaybillRequest::new("EMS", "5042260908504");
+    let (provider, answer) = tracker.query(&req).await.unwrap();
+    assert_eq!(provider, Provider::Kuaidi100);
+    assert_eq!(answer.traces.len(), 8);
+    assert_eq!((answer.state.as_deref(), answer.state_ex.as_deref()), (Some("2"), Some("2")));
+    let seen: Vec<(Provider, bool)> = sb.requests().iter().map(|r| (r.provider, r.sign_ok)).collect();
+    // 1 try + 2 retries at Kdniao (all timing out), then Kuaidi100 with a valid sign.
+    assert_eq!(
+        seen,
+        vec![(Provider::Kdniao, true), (Provider::Kdniao, true), (Provider::Kdniao, true), (Provider::Kuaidi100, true)]
+    );
+    assert!(tracker.failed_queue().load().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn both_down_parks_the_request_and_replay_drains_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox().await;
+    sb.set_fail(Provider::Kdniao, FailMode::Http500);
+    sb.set_fail(Provider::Kuaidi100, FailMode::Http500);
+    let tracker = Tracker::new(&config(&sb), dir.path()).unwrap();
+    let req = WaybillRequest::new("EMS", "5042260943004");
+    match tracker.query(&req).await {
+        Err(ProviderError::Parked { .. }) => {}
+        other => panic!("expected Parked, got {other:?}"),
+    }
+    let queued = tracker.failed_queue().load().await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].request, req);
+
+    // Still down: replay keeps it.
+    let out = dir.path().join("out");
+    let sink = TrackSink::open(Arc::new(FilePublisher::new(&out).unwrap()), &dir.path().join("s")).unwrap();
+    let r = tracker.replay_failed(Some(&sink), None).await.unwrap();
+    assert_eq!((r.succeeded, r.still_failed), (0, 1));
+    assert_eq!(tracker.failed_queue().load().await.unwrap()[0].attempts, 2);
+
+    // Back up: replay drains it once and writes the events.
+    sb.set_fail(Provider::Kdniao, FailMode::None);
+    sb.set_fail(Provider::Kuaidi100, FailMode::None);
+    let r = tracker.replay_failed(Some(&sink), None).await.unwrap();
+    assert_eq!((r.succeeded, r.still_failed), (1, 0));
+    assert!(tracker.failed_queue().load().await.unwrap().is_empty());
+    let r = tracker.replay_failed(Some(&sink), None).await.unwrap();
+    assert_eq!((r.succeeded, r.still_failed), (0, 0));
+    let expected: Vec<String> = expected_push_lines().into_iter().filter(|l| l.contains("5042260943004")).collect();
+    assert_eq!(output_lines(&out), expected);
+}
+
+#[tokio::test]
+async fn quota_error_fails_over_and_backs_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox().await;
+    sb.set_fail(Provider::Kdniao, FailMode::Quota);
+    let tracker = Tracker::new(&config(&sb), dir.path()).unwrap();
+    for code in ["5042260908504", "5042260943004"] {
+        let (provider, _) = tracker.query(&WaybillRequest::new("EMS", code)).await.unwrap();
+        assert_eq!(provider, Provider::Kuaidi100);
+    }
+    let kdniao_calls = sb.requests().iter().filter(|r| r.provider == Provider::Kdniao).count();
+    assert_eq!(kdniao_calls, 1, "no retry and no second call during the back-off");
+}
+
+#[tokio::test]
+async fn sign_and_parameter_errors_are_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox().await;
+    let mut cfg = config(&sb);
+    cfg.app_key = Secret::new("wrong-key");
+    cfg.kuaidi100 = None;
+    let tracker = Tracker::new(&cfg, dir.path()).unwrap();
+    let err = tracker.query(&WaybillRequest::new("EMS", "5042260908504")).await.unwrap_err();
+    assert!(matches!(&err, ProviderError::Parked { last } if matches!(**last, ProviderError::BadSign { .. })), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("wrong-key"));
+    assert_eq!(sb.requests().len(), 1);
+
+    let tracker = Tracker::new(&config(&sb), &dir.path().join("b")).unwrap();
+    sb.set_fail(Provider::Kdniao, FailMode::BadParam);
+    let err = tracker.query(&WaybillRequest::new("EMS", "5042260908504")).await.unwrap_err();
+    assert!(matches!(err, ProviderError::InvalidParam { .. }), "{err:?}");
+    assert_eq!(sb.requests().len(), 2, "parameter error: no retry, no failover");
+    assert!(tracker.failed_queue().load().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn no_request_exceeds_the_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox().await;
+    let mut cfg = config(&sb);
+    cfg.http.rate_limit_per_sec = 20.0;
+    cfg.http.burst = 1;
+    let tracker = Arc::new(Tracker::new(&cfg, dir.path()).unwrap());
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let t = tracker.clone();
+        tasks.push(tokio::spawn(async move {
+            t.query(&WaybillRequest::new("EMS", "5042260908504")).await.map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let mut at: Vec<u64> = sb.requests().iter().map(|r| r.at_us).collect();
+    at.sort_unstable();
+    assert_eq!(at.len(), 30);
+    // Any 21 consecutive requests span at least one second (10 ms allowance for loopback
+    // jitter between the client's send and the stand-in's clock), i.e. no 1-second window
+    // holds more than 20.
+    for w in at.windows(21) {
+        assert!(w[20] - w[0] >= 990_000, "21 requests within {} us", w[20] - w[0]);
+    }
+}
+
+#[tokio::test]
+async fn subscribe_orders_once_and_poll_quiet_waybills() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox().await;
+    let cfg = config(&sb);
+    let state = dir.path().join("state");
+    let tracker = Tracker::new(&cfg, &state).unwrap();
+    let book = SubscriptionBook::open(&state).unwrap();
+    let orders = dir.path().join("orders.jsonl");
+    std::fs::write(
+        &orders,
+        [
+            r#"{"type":"order","event_id":"o1","ts":1,"order_id":"O1","user_id":"u","amount":"1.00","phone":"13800135678"}"#,
+            r#"{"type":"shipment","event_id":"s1","ts":2,"order_id":"O1","shipper_code":"SF","logistic_code":" sf-0001 "}"#,
+            r#"{"type":"shipment","event_id":"s2","ts":3,"order_id":"O2","shipper_code":"EMS","logistic_code":"5042260908504"}"#,
+            r#"{"type":"shipment","event_id":"s3","ts":4,"order_id":"O2","shipper_code":"EMS","logistic_code":"5042-2609-08504"}"#,
+            r#"not json"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let r = subscribe_orders(&orders, &tracker, &book).await.unwrap();
+    assert_eq!((r.subscribed, r.already, r.failed, r.skipped_lines), (2, 1, 0, 1));
+    assert_eq!(
+        sb.subscriptions(),
+        vec![("SF0001".to_string(), 8008), ("5042260908504".to_string(), 8008)]
+    );
+    // Durable: a second run (fresh book from disk) subscribes nothing.
+    let book = SubscriptionBook::open(&state).unwrap();
+    let r = subscribe_orders(&orders, &tracker, &book).await.unwrap();
+    assert_eq!((r.subscribed, r.already), (0, 3));
+    assert_eq!(sb.subscriptions().len(), 2);
+
+    // Poller: everything is quiet with a zero threshold; the EMS waybill has traces.
+    let out = dir.path().join("out");
+    let sink = TrackSink::open(Arc::new(FilePublisher::new(&out).unwrap()), &state).unwrap();
+    let now = chrono::Utc::now().timestamp_millis() + 1;
+    let p = poll_quiet_once(&tracker, &book, &sink, 0, now).await.unwrap();
+    assert_eq!((p.queried, p.events, p.failed), (2, 8, 0));
+    // Not quiet with a one-hour threshold: nothing queried.
+    let p = poll_quiet_once(&tracker, &book, &sink, 3_600_000, now).await.unwrap();
+    assert_eq!(p.queried, 1, "SF0001 has no track, subscribed just now -> not quiet; EMS latest track is from 2015");
+}
+
+mod cli {
+    use adflow_kdniao::{run, KdniaoCommand, KdniaoError};
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: KdniaoCommand,
+    }
+
+    #[tokio::test]
+    async fn kafka_flag_is_accepted_but_not_wired() {
+        let cli = Cli::try_parse_from(["adflow", "receive", "--listen", "127.0.0.1:0", "--kafka", "localhost:9092"]).unwrap();
+        assert_eq!(cli.command.kafka_brokers(), Some("localhost:9092"));
+        match run(cli.command).await {
+            Err(KdniaoError::KafkaNotWired) => {}
+            other => panic!("expected KafkaNotWired, got {other:?}"),
+        }
+        assert_eq!(
+            KdniaoError::KafkaNotWired.to_string(),
+            "--kafka is not wired yet: this build has no Kafka track publisher (use --output DIR)"
+        );
+    }
+
+    #[test]
+    fn command_line_contract_parses() {
+        for args in [
+            vec!["adflow", "receive", "--listen", "0.0.0.0:8080", "--output", "out"],
+            vec!["adflow", "sandbox", "--listen", "127.0.0.1:9080", "--script", "s.json", "--ebusiness-id", "1"],
+            vec!["adflow", "subscribe", "--orders", "orders.jsonl", "--state-dir", "st"],
+            vec!["adflow", "replay-failed", "--state-dir", "st", "--output", "out"],
+            vec!["adflow", "query", "--shipper", "SF", "--waybill", "1", "--phone", "5678"],
+            vec!["adflow", "poll", "--output", "out"],
+        ] {
+            Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        // Exactly one of --output / --kafka.
+        assert!(Cli::try_parse_from(["adflow", "receive", "--listen", "0.0.0.0:1"]).is_err());
+        assert!(Cli::try_parse_from(["adflow", "receive", "--listen", "0.0.0.0:1", "--output", "o", "--kafka", "b"]).is_err());
+    }
+}

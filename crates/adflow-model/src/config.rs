@@ -1,0 +1,234 @@
+//! Pipeline settings: the defaults of spec §5 plus adflow's own engine knobs, read from a TOML
+//! file (every field optional; unknown fields are rejected).
+//!
+//! Durations are written as strings with a unit: `"7d"`, `"24h"`, `"5m"`, `"5s"`, `"250ms"`.
+
+use crate::time::{DAY, HOUR, MINUTE, SECOND};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A duration in milliseconds, written `"7d"`, `"24h"`, `"5m"`, `"30s"` or `"250ms"` in TOML.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Millis(pub i64);
+
+impl Millis {
+    /// Parses `"<integer><unit>"` with unit `ms`, `s`, `m`, `h` or `d`.
+    pub fn parse(text: &str) -> Result<Millis, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("duration {t:?} needs a unit (ms, s, m, h, d)"))?;
+        let (num, unit) = t.split_at(split);
+        let n: i64 = num
+            .parse()
+            .map_err(|_| format!("duration {t:?} must start with a whole number"))?;
+        let scale = match unit {
+            "ms" => 1,
+            "s" => SECOND,
+            "m" | "min" => MINUTE,
+            "h" => HOUR,
+            "d" => DAY,
+            _ => return Err(format!("duration {t:?}: unknown unit {unit:?}")),
+        };
+        n.checked_mul(scale)
+            .map(Millis)
+            .ok_or_else(|| format!("duration {t:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Millis::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An attribution model of spec §4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Model {
+    LastClick,
+    FirstClick,
+    Linear,
+    TimeDecay,
+    PositionBased,
+}
+
+impl Model {
+    /// All five models.
+    pub const ALL: [Model; 5] = [
+        Model::LastClick,
+        Model::FirstClick,
+        Model::Linear,
+        Model::TimeDecay,
+        Model::PositionBased,
+    ];
+
+    /// The model's name as written in `attribution.model`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::LastClick => "last_click",
+            Model::FirstClick => "first_click",
+            Model::Linear => "linear",
+            Model::TimeDecay => "time_decay",
+            Model::PositionBased => "position_based",
+        }
+    }
+}
+
+/// Every setting, with the defaults of spec §5. See `docs/configuration.md`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Attribution look-back window (default 7 days).
+    pub attribution_window: Millis,
+    /// Half-life of the `time_decay` model (default 7 days).
+    pub time_decay_half_life: Millis,
+    /// Models emitted (default all five). `last_click` is always computed because
+    /// `order_status` and `campaign_metrics` use it, but only emitted when listed.
+    pub models: Vec<Model>,
+    /// Allowed lateness: the watermark trails the largest seen `ts` by this much (default 5 s).
+    pub allowed_lateness: Millis,
+    /// Dedup horizon (default 1 hour): a second event with the same stream and `event_id` is
+    /// ignored while the watermark has advanced less than this since the first copy arrived.
+    pub dedup_horizon: Millis,
+    /// Stall threshold for `stalled_parcel` (default 24 h).
+    pub stall_threshold: Millis,
+    /// CPC spike window length (default 5 min).
+    pub cpc_window: Millis,
+    /// Number of preceding windows forming the CPC baseline (default 12).
+    pub cpc_baseline_windows: u32,
+    /// Spike ratio, as a decimal string (default "1.5").
+    pub cpc_ratio: String,
+    /// Minimum clicks in the spiking window (default 20).
+    pub cpc_min_clicks: i64,
+    /// Minimum clicks in the baseline windows together (default 50).
+    pub cpc_min_baseline_clicks: i64,
+    /// No-impression window length (default 5 min).
+    pub no_impression_window: Millis,
+    /// Number of preceding windows that must each have had impressions (default 3).
+    pub no_impression_lookback: u32,
+    /// Minimum impressions in each preceding window (default 10).
+    pub no_impression_min: i64,
+    /// Replenishment delay after the first signed track (default 3 days).
+    pub replenishment_delay: Millis,
+    /// Zone of zone-less timestamps, as `+08:00` (default China Standard Time).
+    pub time_zone: String,
+    /// How long after its event time a record can still change outputs (default 14 days).
+    /// State older than this is retracted from the dataflow so memory stays bounded; output
+    /// rows whose inputs expire are frozen (the expiry is not written as a retraction); input
+    /// events older than `watermark − state_retention` are rejected to `dead_letters`.
+    pub state_retention: Millis,
+    /// Environment variable holding the phone HMAC secret (default `ADFLOW_PHONE_SECRET`;
+    /// when unset a built-in development secret is used and a warning is logged).
+    pub phone_secret_env: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            attribution_window: Millis(7 * DAY),
+            time_decay_half_life: Millis(7 * DAY),
+            models: Model::ALL.to_vec(),
+            allowed_lateness: Millis(5 * SECOND),
+            dedup_horizon: Millis(HOUR),
+            stall_threshold: Millis(24 * HOUR),
+            cpc_window: Millis(5 * MINUTE),
+            cpc_baseline_windows: 12,
+            cpc_ratio: "1.5".into(),
+            cpc_min_clicks: 20,
+            cpc_min_baseline_clicks: 50,
+            no_impression_window: Millis(5 * MINUTE),
+            no_impression_lookback: 3,
+            no_impression_min: 10,
+            replenishment_delay: Millis(3 * DAY),
+            time_zone: "+08:00".into(),
+            state_retention: Millis(14 * DAY),
+            phone_secret_env: "ADFLOW_PHONE_SECRET".into(),
+        }
+    }
+}
+
+/// Why a settings file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("invalid settings: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Parses settings from TOML text; missing fields keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Settings, SettingsError> {
+        let s: Settings = toml::from_str(text).map_err(|e| SettingsError::Invalid(e.to_string()))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks ranges and formats.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |m: String| Err(SettingsError::Invalid(m));
+        for (name, v) in [
+            ("attribution_window", self.attribution_window),
+            ("time_decay_half_life", self.time_decay_half_life),
+            ("stall_threshold", self.stall_threshold),
+            ("cpc_window", self.cpc_window),
+            ("no_impression_window", self.no_impression_window),
+            ("state_retention", self.state_retention),
+        ] {
+            if v.0 <= 0 {
+                return bad(format!("{name} must be positive"));
+            }
+        }
+        if self.allowed_lateness.0 < 0 || self.dedup_horizon.0 < 0 || self.replenishment_delay.0 < 0 {
+            return bad("durations must not be negative".into());
+        }
+        if self.cpc_baseline_windows == 0 || self.no_impression_lookback == 0 {
+            return bad("window counts must be at least 1".into());
+        }
+        self.cpc_ratio_scaled()?;
+        self.zone_offset_minutes()?;
+        Ok(())
+    }
+
+    /// The CPC spike ratio × 1000 (e.g. 1500 for "1.5").
+    pub fn cpc_ratio_scaled(&self) -> Result<i64, SettingsError> {
+        crate::money::parse_decimal(&self.cpc_ratio, 3)
+            .map_err(|e| SettingsError::Invalid(format!("cpc_ratio: {e}")))
+    }
+
+    /// The configured zone as minutes east of UTC.
+    pub fn zone_offset_minutes(&self) -> Result<i32, SettingsError> {
+        let z = self.time_zone.trim();
+        let err = || SettingsError::Invalid(format!("time_zone {z:?} must look like +08:00"));
+        let (sign, rest) = match z.as_bytes().first() {
+            Some(b'+') => (1, &z[1..]),
+            Some(b'-') => (-1, &z[1..]),
+            _ if z == "Z" || z == "UTC" => return Ok(0),
+            _ => return Err(err()),
+        };
+        let (h, m) = rest.split_once(':').ok_or_else(err)?;
+        let h: i32 = h.parse().map_err(|_| err())?;
+        let m: i32 = m.parse().map_err(|_| err())?;
+        if h > 23 || m > 59 {
+            return Err(err());
+        }
+        Ok(sign * (h * 60 + m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let s = Settings::from_toml("attribution_window = \"3d\"\nmodels = [\"last_click\"]\n").unwrap();
+        assert_eq!(s.attribution_window, Millis(3 * DAY));
+        assert_eq!(s.models, vec![Model::LastClick]);
+        assert_eq!(s.stall_threshold, Millis(24 * HOUR));
+        assert_eq!(s.zone_offset_minutes().unwrap(), 480);
+        assert_eq!(s.cpc_ratio_scaled().unwrap(), 1500);
+        assert!(Settings::from_toml("no_such = 1").is_err());
+        assert!(Settings::from_toml("stall_threshold = \"24\"").is_err());
+        assert_eq!(Millis::parse("250ms"), Ok(Millis(250)));
+    }
+}
