@@ -165,9 +165,7 @@ struct World {
 
 fn hex_id(rng: &mut StdRng, len: usize) -> String {
     const H: &[u8; 16] = b"0123456789abcdef";
-    (0..len)
-        .map(|_| H[rng.gen_range(0..16)] as char)
-        .collect()
+    (0..len).map(|_| H[rng.gen_range(0..16)] as char).collect()
 }
 
 fn local_hour(ts: i64) -> usize {
@@ -311,10 +309,19 @@ impl World {
     fn new_waybill(&mut self, shipper: u8) -> u32 {
         let r = &mut self.rng;
         let w = match SHIPPERS[shipper as usize] {
-            "SF" => format!("SF{}", r.gen_range(1_000_000_000_000u64..10_000_000_000_000)),
+            "SF" => format!(
+                "SF{}",
+                r.gen_range(1_000_000_000_000u64..10_000_000_000_000)
+            ),
             "JD" => format!("JDVA{}", r.gen_range(10_000_000_000u64..100_000_000_000)),
-            "YTO" => format!("YT{}", r.gen_range(1_000_000_000_000u64..10_000_000_000_000)),
-            "JTSD" => format!("JT{}", r.gen_range(1_000_000_000_000u64..10_000_000_000_000)),
+            "YTO" => format!(
+                "YT{}",
+                r.gen_range(1_000_000_000_000u64..10_000_000_000_000)
+            ),
+            "JTSD" => format!(
+                "JT{}",
+                r.gen_range(1_000_000_000_000u64..10_000_000_000_000)
+            ),
             "EMS" => format!("E{}CN", r.gen_range(100_000_000u64..1_000_000_000)),
             "ZTO" => format!("7{}", r.gen_range(10_000_000_000u64..100_000_000_000)),
             "STO" => format!("77{}", r.gen_range(10_000_000_000u64..100_000_000_000)),
@@ -378,10 +385,13 @@ impl World {
             // Never shipped: the buyer opens an after-sale case, then gets a refund.
             let at = t + self.rng.gen_range(3 * DAY..5 * DAY);
             self.status(order, at, "after_sale");
-            self.status(order, at + self.rng.gen_range(HOUR..DAY), "refunded");
+            {
+                let d = self.rng.gen_range(HOUR..DAY);
+                self.status(order, at + d, "refunded");
+            }
             return;
         }
-        let ship_ts = t + self.rng.gen_range(2 * HOUR..36 * HOUR);
+        let ship_ts = t + self.rng.gen_range(2 * HOUR..30 * HOUR);
         let shipper = self.rng.gen_range(0..SHIPPERS.len()) as u8;
         // A merged parcel: this order ships in the previous order's box.
         if self.rng.gen_bool(0.003) && !self.waybills.is_empty() {
@@ -441,15 +451,24 @@ impl World {
                     let at = st + self.rng.gen_range(HOUR / 2..6 * DAY);
                     self.status(order, at, "after_sale");
                     if self.rng.gen_bool(0.6) {
-                        self.status(order, at + self.rng.gen_range(HOUR..3 * DAY), "refunded");
+                        {
+                            let d = self.rng.gen_range(HOUR..3 * DAY);
+                            self.status(order, at + d, "refunded");
+                        }
                     }
                 } else if self.rng.gen_bool(0.01) {
-                    self.status(order, st + self.rng.gen_range(HOUR..5 * DAY), "refunded");
+                    {
+                        let d = self.rng.gen_range(HOUR..5 * DAY);
+                        self.status(order, st + d, "refunded");
+                    }
                 }
             }
             Outcome::Refused(rt) => {
                 if self.rng.gen_bool(0.7) {
-                    self.status(order, rt + self.rng.gen_range(DAY..4 * DAY), "refunded");
+                    {
+                        let d = self.rng.gen_range(DAY..4 * DAY);
+                        self.status(order, rt + d, "refunded");
+                    }
                 }
             }
             Outcome::Other => {}
@@ -472,7 +491,7 @@ impl World {
         }
         seq.push((t, 1));
         let r = self.rng.gen::<f64>();
-        let transits = self.rng.gen_range(2..=5);
+        let transits = self.rng.gen_range(2..=4);
         let stall_at = if r < 0.06 {
             Some(self.rng.gen_range(0..transits))
         } else {
@@ -480,7 +499,7 @@ impl World {
         };
         let codes = [206, 2, 204, 201, 205];
         for i in 0..transits {
-            t += self.rng.gen_range(3 * HOUR..14 * HOUR);
+            t += self.rng.gen_range(2 * HOUR..10 * HOUR);
             if stall_at == Some(i) {
                 t += self.rng.gen_range(20 * HOUR..60 * HOUR);
             }
@@ -550,7 +569,7 @@ impl World {
 
     /// Out for delivery (on a morning), then signed.
     fn deliver(&mut self, seq: &mut Vec<(i64, u32)>, t: &mut i64) -> Outcome {
-        *t += self.rng.gen_range(4 * HOUR..24 * HOUR);
+        *t += self.rng.gen_range(2 * HOUR..14 * HOUR);
         seq.push((*t, 202));
         *t += self.rng.gen_range(20 * MINUTE..6 * HOUR);
         let signed = [301, 3, 302, 304, 311, 301];
@@ -601,7 +620,10 @@ impl World {
                 dev,
                 cost,
             } => {
-                let _ = write!(line, r#"{{"type":"impression","event_id":"imp-{id_no:08}","#);
+                let _ = write!(
+                    line,
+                    r#"{{"type":"impression","event_id":"imp-{id_no:08}","#
+                );
                 push_ts(line, ev.ts, form);
                 let _ = write!(
                     line,
@@ -662,7 +684,13 @@ impl World {
                     0 => {
                         let p = &self.users[*user as usize].phone;
                         let _ = match rng.gen_range(0..4) {
-                            0 => write!(line, r#","phone":"+86 {} {} {}""#, &p[..3], &p[3..7], &p[7..]),
+                            0 => write!(
+                                line,
+                                r#","phone":"+86 {} {} {}""#,
+                                &p[..3],
+                                &p[3..7],
+                                &p[7..]
+                            ),
                             1 => write!(line, r#","phone":"{}-{}-{}""#, &p[..3], &p[3..7], &p[7..]),
                             _ => write!(line, r#","phone":"{p}""#),
                         };
@@ -692,7 +720,10 @@ impl World {
                 }
             }
             Body::Status { order, status } => {
-                let _ = write!(line, r#"{{"type":"order_status","event_id":"st-ev-{id_no:08}","#);
+                let _ = write!(
+                    line,
+                    r#"{{"type":"order_status","event_id":"st-ev-{id_no:08}","#
+                );
                 push_ts(line, ev.ts, form);
                 let _ = write!(line, r#","order_id":"O{order:010}","status":"{status}""#);
             }
@@ -701,7 +732,10 @@ impl World {
                 shipper,
                 waybill,
             } => {
-                let _ = write!(line, r#"{{"type":"shipment","event_id":"sh-ev-{id_no:08}","#);
+                let _ = write!(
+                    line,
+                    r#"{{"type":"shipment","event_id":"sh-ev-{id_no:08}","#
+                );
                 push_ts(line, ev.ts, form);
                 let sc = SHIPPERS[*shipper as usize];
                 let sc = if rng.gen_bool(0.1) {
@@ -825,9 +859,7 @@ pub fn generate(args: &GenerateArgs) -> Result<GenReport, GenError> {
         ));
     }
     if args.start_ms < 0 || args.start_ms > adflow_model::time::MAX_TS - 400 * DAY {
-        return Err(GenError::InvalidArgs(
-            "--start-ms out of range".into(),
-        ));
+        return Err(GenError::InvalidArgs("--start-ms out of range".into()));
     }
     std::fs::create_dir_all(&args.output).map_err(|source| GenError::Io {
         path: args.output.clone(),
@@ -859,7 +891,7 @@ pub fn generate(args: &GenerateArgs) -> Result<GenReport, GenError> {
             id: format!("cmp-{}-{:03}", CHANNEL_SHORT[ch as usize], i + 1),
             channels,
             ctr: rng.gen_range(0.01..0.06),
-            cvr: rng.gen_range(0.04..0.15),
+            cvr: rng.gen_range(0.05..0.18),
             cpc_fen: rng.gen_range(20..500),
             cpm_fen: if rng.gen_bool(0.6) {
                 Some(rng.gen_range(1..9))
@@ -925,7 +957,11 @@ pub fn generate(args: &GenerateArgs) -> Result<GenReport, GenError> {
         }
     }
 
-    let stream_seed = |s: u64| args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(s);
+    let stream_seed = |s: u64| {
+        args.seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(s)
+    };
     let mut outs = Vec::new();
     for s in StreamKind::ALL {
         outs.push(StreamOut::create(
@@ -1058,9 +1094,8 @@ pub fn generate(args: &GenerateArgs) -> Result<GenReport, GenError> {
     let mut h = start;
     while h < end {
         let lh = local_hour(h);
-        let expect = args.users as f64 * args.sessions_per_user_day / 24.0
-            * DIURNAL[lh]
-            / diurnal_mean;
+        let expect =
+            args.users as f64 * args.sessions_per_user_day / 24.0 * DIURNAL[lh] / diurnal_mean;
         let n = expect.floor() as u64 + w.rng.gen_bool(expect.fract()) as u64;
         for _ in 0..n {
             let t0 = h + w.rng.gen_range(0..HOUR);
@@ -1073,8 +1108,8 @@ pub fn generate(args: &GenerateArgs) -> Result<GenReport, GenError> {
                 w.session(Some(u.min(n_users - 1)), t0);
             }
         }
-        // Organic orders (no click needed), about 1.2 % of users a day.
-        let expect = args.users as f64 * 0.012 / 24.0 * DIURNAL[lh] / diurnal_mean;
+        // Organic orders (no click needed), about 2 % of users a day.
+        let expect = args.users as f64 * 0.02 / 24.0 * DIURNAL[lh] / diurnal_mean;
         let n = expect.floor() as u64 + w.rng.gen_bool(expect.fract()) as u64;
         for _ in 0..n {
             let u = w.rng.gen_range(0..n_users);

@@ -334,9 +334,9 @@ impl StreamOut {
                         r#"{{"type":"track","event_id":"{id}","ts":{ts},"shipper_code":"SF","logistic_code":"SF1","state":{s}}}"#
                     )
                 }
-                StreamKind::Identity => format!(
-                    r#"{{"type":"link","event_id":"{id}","ts":{ts},"user_id":"u-bad"}}"#
-                ),
+                StreamKind::Identity => {
+                    format!(r#"{{"type":"link","event_id":"{id}","ts":{ts},"user_id":"u-bad"}}"#)
+                }
             },
         }
     }
