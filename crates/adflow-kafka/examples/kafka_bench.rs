@@ -55,7 +55,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let dir = tempfile::tempdir()?;
     {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.path().join("ad_events.jsonl"))?);
+        let mut f =
+            std::io::BufWriter::new(std::fs::File::create(dir.path().join("ad_events.jsonl"))?);
         for i in 0..args.events {
             writeln!(
                 f,
@@ -76,46 +77,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let received = received.clone();
         let done = done.clone();
         let ready = ready.clone();
-        handles.push(std::thread::spawn(move || -> Result<(Vec<i64>, i64), String> {
-            let mut source = KafkaSource::new(&config, w).map_err(|e| e.to_string())?;
-            // Join the group before the producer starts, so no rebalance redelivers.
-            let settle_deadline = Instant::now() + Duration::from_secs(60);
-            let mut stable_since = Instant::now();
-            let mut last = 0;
-            while Instant::now() < settle_deadline {
-                source
-                    .poll_records(1, Duration::from_millis(100))
-                    .map_err(|e| e.to_string())?;
-                let n = source.assignment().len();
-                if n != last {
-                    last = n;
-                    stable_since = Instant::now();
-                }
-                if n > 0 && stable_since.elapsed() > Duration::from_secs(3) {
-                    break;
-                }
-            }
-            ready.wait();
-            let mut lat = Vec::new();
-            let mut last_ts = 0;
-            while !done.load(Ordering::Relaxed) {
-                let batch = source
-                    .poll_records(1000, Duration::from_millis(50))
-                    .map_err(|e| e.to_string())?;
-                if batch.is_empty() {
-                    continue;
-                }
-                let now = now_ms();
-                for r in &batch {
-                    if let Some(ts) = r.timestamp_ms {
-                        lat.push(now - ts);
+        handles.push(std::thread::spawn(
+            move || -> Result<(Vec<i64>, i64), String> {
+                let mut source = KafkaSource::new(&config, w).map_err(|e| e.to_string())?;
+                // Join the group before the producer starts, so no rebalance redelivers.
+                let settle_deadline = Instant::now() + Duration::from_secs(60);
+                let mut stable_since = Instant::now();
+                let mut last = 0;
+                while Instant::now() < settle_deadline {
+                    source
+                        .poll_records(1, Duration::from_millis(100))
+                        .map_err(|e| e.to_string())?;
+                    let n = source.assignment().len();
+                    if n != last {
+                        last = n;
+                        stable_since = Instant::now();
+                    }
+                    if n > 0 && stable_since.elapsed() > Duration::from_secs(3) {
+                        break;
                     }
                 }
-                last_ts = now;
-                received.fetch_add(batch.len(), Ordering::Relaxed);
-            }
-            Ok((lat, last_ts))
-        }));
+                ready.wait();
+                let mut lat = Vec::new();
+                let mut last_ts = 0;
+                while !done.load(Ordering::Relaxed) {
+                    let batch = source
+                        .poll_records(1000, Duration::from_millis(50))
+                        .map_err(|e| e.to_string())?;
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let now = now_ms();
+                    for r in &batch {
+                        if let Some(ts) = r.timestamp_ms {
+                            lat.push(now - ts);
+                        }
+                    }
+                    last_ts = now;
+                    received.fetch_add(batch.len(), Ordering::Relaxed);
+                }
+                Ok((lat, last_ts))
+            },
+        ));
     }
     ready.wait();
 
@@ -149,7 +152,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.events,
         args.consumers,
         args.partitions,
-        args.rate.map_or("unlimited".to_string(), |r| format!("{r}/s"))
+        args.rate
+            .map_or("unlimited".to_string(), |r| format!("{r}/s"))
     );
     println!(
         "produced {} in {:.2} s = {:.0} ev/s (acked)",

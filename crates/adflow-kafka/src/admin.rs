@@ -65,10 +65,12 @@ pub fn ensure_topics(
             .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(timeout));
-        let results = futures_executor::block_on(admin.create_topics(&new_topics, &opts))
-            .map_err(|e| KafkaError::CreateTopic {
-                topic: missing.join(","),
-                reason: e.to_string(),
+        let results =
+            futures_executor::block_on(admin.create_topics(&new_topics, &opts)).map_err(|e| {
+                KafkaError::CreateTopic {
+                    topic: missing.join(","),
+                    reason: e.to_string(),
+                }
             })?;
         for result in results {
             match result {

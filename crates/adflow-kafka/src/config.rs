@@ -127,8 +127,7 @@ mod tests {
         c.properties
             .insert("enable.auto.commit".into(), "true".into());
         assert!(matches!(c.validate(), Err(KafkaError::Config(_))));
-        let bad: Result<KafkaConfig, _> =
-            serde_json::from_str(r#"{"brokers":"b:1","group":"x"}"#);
+        let bad: Result<KafkaConfig, _> = serde_json::from_str(r#"{"brokers":"b:1","group":"x"}"#);
         assert!(bad.is_err());
         let ok: KafkaConfig = serde_json::from_str(
             r#"{"brokers":"b:1","topic_prefix":"p.","properties":{"linger.ms":"5"}}"#,

@@ -2,8 +2,8 @@
 
 use adflow_model::{Position, RawMessage, StreamKind};
 use rdkafka::config::FromClientConfigAndContext;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use serde::{Deserialize, Serialize};
 use std::sync::mpsc;

@@ -44,7 +44,9 @@ pub enum KafkaError {
         source: rdkafka::error::KafkaError,
     },
     /// Some messages were not acknowledged by the broker.
-    #[error("{failed} message(s) not delivered ({delivered} delivered); first error: {first_error}")]
+    #[error(
+        "{failed} message(s) not delivered ({delivered} delivered); first error: {first_error}"
+    )]
     Delivery {
         delivered: u64,
         failed: u64,

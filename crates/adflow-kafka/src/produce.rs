@@ -3,9 +3,7 @@
 use adflow_model::StreamKind;
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 use std::collections::BTreeMap;
@@ -223,12 +221,11 @@ pub fn produce(args: &ProduceArgs) -> Result<ProduceReport, KafkaError> {
         ensure_topics(&config, n, Duration::from_secs(30))?;
     }
     let started = Instant::now();
-    let producer: ThreadedProducer<CountingContext> =
-        ThreadedProducer::from_config_and_context(
-            &config.client_config()?,
-            CountingContext::default(),
-        )
-        .map_err(KafkaError::Client)?;
+    let producer: ThreadedProducer<CountingContext> = ThreadedProducer::from_config_and_context(
+        &config.client_config()?,
+        CountingContext::default(),
+    )
+    .map_err(KafkaError::Client)?;
 
     let mut readers = Vec::new();
     let mut report = ProduceReport::default();
@@ -282,9 +279,10 @@ pub fn produce(args: &ProduceArgs) -> Result<ProduceReport, KafkaError> {
                 }
             }
             let key = message_key(stream, &buf);
-            let mut record = BaseRecord::with_opaque_to(topics[stream.index()].as_str(), stream.index())
-                .payload(buf.as_slice())
-                .timestamp(now_ms());
+            let mut record =
+                BaseRecord::with_opaque_to(topics[stream.index()].as_str(), stream.index())
+                    .payload(buf.as_slice())
+                    .timestamp(now_ms());
             if let Some(k) = key.as_deref() {
                 record = record.key(k);
                 counts.keyed += 1;
@@ -321,7 +319,11 @@ pub fn produce(args: &ProduceArgs) -> Result<ProduceReport, KafkaError> {
     if pending > 0 {
         return Err(KafkaError::DeliveryTimeout { pending });
     }
-    info!(delivered, elapsed_s = report.elapsed.as_secs_f64(), "produce done");
+    info!(
+        delivered,
+        elapsed_s = report.elapsed.as_secs_f64(),
+        "produce done"
+    );
     Ok(report)
 }
 
@@ -336,7 +338,10 @@ mod tests {
             k(StreamKind::AdEvents, r#"{"type":"click","device_id":"d1"}"#),
             Some("d1".into())
         );
-        assert_eq!(k(StreamKind::Orders, r#"{"order_id":42}"#), Some("42".into()));
+        assert_eq!(
+            k(StreamKind::Orders, r#"{"order_id":42}"#),
+            Some("42".into())
+        );
         assert_eq!(
             k(StreamKind::Logistics, r#"{"logistic_code":" sf-123 4x "}"#),
             Some("SF1234X".into())

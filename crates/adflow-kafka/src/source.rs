@@ -119,7 +119,10 @@ impl SourceContext {
                     .strip_prefix(self.topic_prefix.as_str())
                     .and_then(StreamKind::from_name);
                 if stream.is_none() {
-                    warn!(topic = e.topic(), "assignment names a topic that is not an input stream");
+                    warn!(
+                        topic = e.topic(),
+                        "assignment names a topic that is not an input stream"
+                    );
                 }
                 stream.map(|s| (s, e.partition()))
             })
@@ -257,7 +260,11 @@ impl KafkaSource {
             };
             let polled = self.consumer.poll(wait);
             // Callbacks may have changed the assignment during that poll.
-            self.apply_rebalance_events();
+            apply_rebalance_events(
+                self.consumer.context(),
+                &mut self.partitions,
+                &mut self.events,
+            );
             match polled {
                 None => {
                     if !out.is_empty() || Instant::now() >= deadline {
@@ -267,7 +274,10 @@ impl KafkaSource {
                 Some(Ok(msg)) => {
                     let topic = msg.topic();
                     let Some(stream) = self.config.stream_of_topic(topic) else {
-                        warn!(topic, "message from a topic that is not an input stream; ignored");
+                        warn!(
+                            topic,
+                            "message from a topic that is not an input stream; ignored"
+                        );
                         continue;
                     };
                     let partition = msg.partition();
@@ -315,36 +325,6 @@ impl KafkaSource {
             }
         }
         Ok(out)
-    }
-
-    fn apply_rebalance_events(&mut self) {
-        let events = self.consumer.context().drain();
-        for event in events {
-            let now = SystemTime::now();
-            match &event {
-                RebalanceEvent::Assigned(parts) => {
-                    for &(stream, partition) in parts {
-                        self.partitions.insert(
-                            (stream, partition),
-                            PartitionStatus {
-                                stream,
-                                partition,
-                                assigned_at: now,
-                                last_message_at: None,
-                                next_offset: None,
-                                committed: None,
-                            },
-                        );
-                    }
-                }
-                RebalanceEvent::Revoked(parts) => {
-                    for key in parts {
-                        self.partitions.remove(key);
-                    }
-                }
-            }
-            self.events.push(event);
-        }
     }
 
     /// Assignment changes since the last call, oldest first. Kept until taken.
@@ -432,8 +412,7 @@ impl KafkaSource {
         if tpl.count() == 0 {
             return Ok(Vec::new());
         }
-        let result: KafkaResult<TopicPartitionList> =
-            self.consumer.committed_offsets(tpl, timeout);
+        let result: KafkaResult<TopicPartitionList> = self.consumer.committed_offsets(tpl, timeout);
         let tpl = result.map_err(KafkaError::Committed)?;
         let mut out: Vec<(StreamKind, i32, Option<i64>)> = tpl
             .elements()
@@ -449,5 +428,39 @@ impl KafkaSource {
             .collect();
         out.sort();
         Ok(out)
+    }
+}
+
+/// Moves the assignment changes recorded by the callbacks into the source's bookkeeping.
+fn apply_rebalance_events(
+    context: &SourceContext,
+    partitions: &mut BTreeMap<(StreamKind, i32), PartitionStatus>,
+    events: &mut Vec<RebalanceEvent>,
+) {
+    for event in context.drain() {
+        let now = SystemTime::now();
+        match &event {
+            RebalanceEvent::Assigned(parts) => {
+                for &(stream, partition) in parts {
+                    partitions.insert(
+                        (stream, partition),
+                        PartitionStatus {
+                            stream,
+                            partition,
+                            assigned_at: now,
+                            last_message_at: None,
+                            next_offset: None,
+                            committed: None,
+                        },
+                    );
+                }
+            }
+            RebalanceEvent::Revoked(parts) => {
+                for key in parts {
+                    partitions.remove(key);
+                }
+            }
+        }
+        events.push(event);
     }
 }

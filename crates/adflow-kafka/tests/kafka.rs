@@ -99,7 +99,9 @@ fn two_sources_receive_every_line_exactly_once() {
             .push(*offset);
         assert_eq!(
             r.key.as_deref(),
-            message_key(r.raw.stream, &r.raw.payload).as_deref().map(str::as_bytes)
+            message_key(r.raw.stream, &r.raw.payload)
+                .as_deref()
+                .map(str::as_bytes)
         );
         if let Some(k) = &r.key {
             let p = partition_of_key
@@ -108,11 +110,17 @@ fn two_sources_receive_every_line_exactly_once() {
             assert_eq!(p, partition, "one key, one partition");
         }
         let ts = r.timestamp_ms.expect("timestamp");
-        assert!(ts >= before - 1000 && ts <= now_ms() + 1000, "produce timestamp {ts}");
+        assert!(
+            ts >= before - 1000 && ts <= now_ms() + 1000,
+            "produce timestamp {ts}"
+        );
     }
     for ((topic, partition), offs) in offsets {
         let want: Vec<i64> = (0..offs.len() as i64).collect();
-        assert_eq!(offs, want, "{topic}/{partition}: contiguous offsets in order");
+        assert_eq!(
+            offs, want,
+            "{topic}/{partition}: contiguous offsets in order"
+        );
     }
     let idle = a.partition_status();
     assert_eq!(idle.len(), a.assignment().len());
@@ -150,7 +158,10 @@ fn new_source_resumes_after_committed_offsets() {
         Duration::from_millis(1500),
     );
     let again: BTreeSet<Position> = again.into_iter().map(|(_, r)| r.raw.position).collect();
-    assert_eq!(again, uncommitted, "exactly the uncommitted messages come again");
+    assert_eq!(
+        again, uncommitted,
+        "exactly the uncommitted messages come again"
+    );
     assert!(committed.is_disjoint(&again));
     // The committed offsets are visible to the new member.
     let offs = b.committed_offsets(Duration::from_secs(10)).unwrap();
@@ -175,7 +186,10 @@ fn split_and_commit(
             partition, offset, ..
         } = m.position
         {
-            per_part.entry((m.stream, partition)).or_default().push(offset);
+            per_part
+                .entry((m.stream, partition))
+                .or_default()
+                .push(offset);
         }
     }
     let mut to_commit = Vec::new();
@@ -186,10 +200,8 @@ fn split_and_commit(
     let outcome = source.commit(&to_commit).unwrap();
     assert!(outcome.skipped.is_empty());
     assert_eq!(outcome.committed.len(), to_commit.len());
-    let limit: BTreeMap<(StreamKind, i32), i64> = to_commit
-        .iter()
-        .map(|&(s, p, o)| ((s, p), o))
-        .collect();
+    let limit: BTreeMap<(StreamKind, i32), i64> =
+        to_commit.iter().map(|&(s, p, o)| ((s, p), o)).collect();
     let mut committed = BTreeSet::new();
     let mut uncommitted = BTreeSet::new();
     for m in got {
@@ -220,7 +232,10 @@ fn sqlite_broker_restart_keeps_commits() {
     impl Drop for Stop<'_> {
         fn drop(&mut self) {
             let _ = std::process::Command::new("bash")
-                .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services/tansu.sh"))
+                .arg(
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("../../scripts/services/tansu.sh"),
+                )
                 .args(["stop", "--port", &self.1])
                 .env("ADFLOW_TANSU_STATE", self.0)
                 .output();
@@ -317,7 +332,10 @@ fn dead_letter_reaches_its_topic() {
     assert_eq!(v["topic"], config.topic(StreamKind::Orders).as_str());
     assert_eq!(v["partition"], 3);
     assert_eq!(v["offset"], 17);
-    assert_eq!(v["position"], format!("{}/3/17", config.topic(StreamKind::Orders)).as_str());
+    assert_eq!(
+        v["position"],
+        format!("{}/3/17", config.topic(StreamKind::Orders)).as_str()
+    );
     assert_eq!(v["raw"], "{\"type\":\"order\",");
     assert_eq!(v["reason"], "not JSON: EOF while parsing");
     assert_eq!(v["seen_ts"], 1_700_000_000_123i64);

@@ -140,7 +140,8 @@ pub fn all_partitions(n: i32) -> BTreeSet<(adflow_model::StreamKind, i32)> {
 
 /// Runs `scripts/services/tansu.sh` with `args`; returns stdout.
 pub fn tansu_script(state: &Path, args: &[&str]) -> String {
-    let script: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services/tansu.sh");
+    let script: PathBuf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services/tansu.sh");
     let out = std::process::Command::new("bash")
         .arg(&script)
         .args(args)
