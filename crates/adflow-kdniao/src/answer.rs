@@ -87,7 +87,10 @@ impl KdniaoAnswer {
         self.traces.is_empty()
             && ((!self.success && self.reason.is_none())
                 || (self.success && self.state.as_deref().is_none_or(|s| s == "0"))
-                || self.reason.as_deref().is_some_and(|r| r.contains("暂无轨迹")))
+                || self
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("暂无轨迹")))
     }
 }
 
@@ -158,10 +161,22 @@ mod tests {
     #[test]
     fn both_time_formats_in_china_time() {
         // 2014-06-25 08:05:37 +08:00 = 2014-06-25 00:05:37 UTC.
-        assert_eq!(parse_kdniao_time("2014/06/25 08:05:37"), Some(1_403_654_737_000));
-        assert_eq!(parse_kdniao_time("2014-06-25 08:05:37"), Some(1_403_654_737_000));
-        assert_eq!(parse_kdniao_time(" 2014-06-25 08:05:37.250 "), Some(1_403_654_737_250));
-        assert_eq!(parse_kdniao_time("2015-3-11 16:21:06"), parse_kdniao_time("2015-03-11 16:21:06"));
+        assert_eq!(
+            parse_kdniao_time("2014/06/25 08:05:37"),
+            Some(1_403_654_737_000)
+        );
+        assert_eq!(
+            parse_kdniao_time("2014-06-25 08:05:37"),
+            Some(1_403_654_737_000)
+        );
+        assert_eq!(
+            parse_kdniao_time(" 2014-06-25 08:05:37.250 "),
+            Some(1_403_654_737_250)
+        );
+        assert_eq!(
+            parse_kdniao_time("2015-3-11 16:21:06"),
+            parse_kdniao_time("2015-03-11 16:21:06")
+        );
         assert_eq!(parse_kdniao_time("2019-11-19 18:09:321"), None);
         assert_eq!(parse_kdniao_time("20191-11-19 18:09:32"), None);
         assert_eq!(parse_kdniao_time(""), None);
@@ -170,8 +185,10 @@ mod tests {
 
     #[test]
     fn state_as_number_or_string_and_nulls() {
-        let a: KdniaoAnswer =
-            serde_json::from_str(r#"{"State":3,"StateEx":"301","Traces":null,"Reason":null,"Success":true}"#).unwrap();
+        let a: KdniaoAnswer = serde_json::from_str(
+            r#"{"State":3,"StateEx":"301","Traces":null,"Reason":null,"Success":true}"#,
+        )
+        .unwrap();
         assert_eq!(a.state.as_deref(), Some("3"));
         assert_eq!(a.state_ex.as_deref(), Some("301"));
         assert!(a.traces.is_empty());

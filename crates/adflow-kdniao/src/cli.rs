@@ -213,7 +213,8 @@ pub async fn run_with_publisher(
         }
         KdniaoCommand::Query(a) => {
             let cfg = KdniaoConfig::load(a.common.config.as_deref())?;
-            let dir = state_dir(&a.common, &cfg, None).unwrap_or_else(|_| std::env::temp_dir().join("adflow-kdniao"));
+            let dir = state_dir(&a.common, &cfg, None)
+                .unwrap_or_else(|_| std::env::temp_dir().join("adflow-kdniao"));
             let tracker = Tracker::new(&cfg, &dir)?;
             let mut req = WaybillRequest::new(&a.shipper, &a.waybill);
             if let Some(p) = &a.phone {
@@ -221,7 +222,10 @@ pub async fn run_with_publisher(
             }
             let (provider, answer) = tracker.query(&req).await?;
             let conv = crate::track::answer_to_events(&answer);
-            eprintln!("provider: {provider}; bad traces: {}", conv.bad_traces.len());
+            eprintln!(
+                "provider: {provider}; bad traces: {}",
+                conv.bad_traces.len()
+            );
             for (e, _) in conv.events {
                 println!("{}", e.to_json_line());
             }
@@ -253,13 +257,19 @@ fn now_ms() -> i64 {
 }
 
 /// Resolves the state directory: flag, then config, then `<output>/.kdniao`.
-fn state_dir(common: &CommonArgs, cfg: &KdniaoConfig, output: Option<&Path>) -> Result<PathBuf, KdniaoError> {
+fn state_dir(
+    common: &CommonArgs,
+    cfg: &KdniaoConfig,
+    output: Option<&Path>,
+) -> Result<PathBuf, KdniaoError> {
     common
         .state_dir
         .clone()
         .or_else(|| cfg.state_dir.clone())
         .or_else(|| output.map(|o| o.join(".kdniao")))
-        .ok_or_else(|| KdniaoError::Config("no state directory: pass --state-dir or set state_dir".into()))
+        .ok_or_else(|| {
+            KdniaoError::Config("no state directory: pass --state-dir or set state_dir".into())
+        })
 }
 
 fn open_sink(
@@ -274,7 +284,10 @@ fn open_sink(
     Ok(Arc::new(TrackSink::open(publisher, state_dir)?))
 }
 
-async fn receive(a: ReceiveArgs, kafka: Option<Arc<dyn TrackPublisher>>) -> Result<(), KdniaoError> {
+async fn receive(
+    a: ReceiveArgs,
+    kafka: Option<Arc<dyn TrackPublisher>>,
+) -> Result<(), KdniaoError> {
     if a.sink.kafka.is_some() && kafka.is_none() {
         return Err(KdniaoError::KafkaNotWired);
     }
@@ -292,7 +305,12 @@ async fn receive(a: ReceiveArgs, kafka: Option<Arc<dyn TrackPublisher>>) -> Resu
             loop {
                 tick.tick().await;
                 match poll_quiet_once(&tracker, &book, &sink, quiet, now_ms()).await {
-                    Ok(r) => tracing::info!(queried = r.queried, events = r.events, failed = r.failed, "poll round done"),
+                    Ok(r) => tracing::info!(
+                        queried = r.queried,
+                        events = r.events,
+                        failed = r.failed,
+                        "poll round done"
+                    ),
                     Err(e) => tracing::error!(error = %e, "poll round failed"),
                 }
             }
@@ -300,7 +318,10 @@ async fn receive(a: ReceiveArgs, kafka: Option<Arc<dyn TrackPublisher>>) -> Resu
     }
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
-        .map_err(|source| KdniaoError::Server { addr: a.listen.to_string(), source })?;
+        .map_err(|source| KdniaoError::Server {
+            addr: a.listen.to_string(),
+            source,
+        })?;
     serve(listener, state, shutdown_signal()).await
 }
 
@@ -314,8 +335,18 @@ async fn sandbox(a: SandboxArgs) -> Result<(), KdniaoError> {
         .map_err(|e| KdniaoError::Config(format!("sandbox script {}: {e}", a.script.display())))?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
-        .map_err(|source| KdniaoError::Server { addr: a.listen.to_string(), source })?;
-    run_sandbox(listener, &a.ebusiness_id, Secret::new(key), script, shutdown_signal()).await
+        .map_err(|source| KdniaoError::Server {
+            addr: a.listen.to_string(),
+            source,
+        })?;
+    run_sandbox(
+        listener,
+        &a.ebusiness_id,
+        Secret::new(key),
+        script,
+        shutdown_signal(),
+    )
+    .await
 }
 
 async fn shutdown_signal() {

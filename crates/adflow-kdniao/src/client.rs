@@ -215,7 +215,10 @@ impl KdniaoClient {
             query_type: cfg.query_request_type,
             subscribe_type: cfg.subscribe_request_type,
             cfg: cfg.http.clone(),
-            limiter: Arc::new(RateLimiter::new(cfg.http.rate_limit_per_sec, cfg.http.burst)),
+            limiter: Arc::new(RateLimiter::new(
+                cfg.http.rate_limit_per_sec,
+                cfg.http.burst,
+            )),
             quota_until: Arc::new(Mutex::new(None)),
         })
     }
@@ -257,14 +260,18 @@ impl KdniaoClient {
         let sign = data_sign(&request_data, &self.app_key);
         let body = form_body(&request_data, &self.ebusiness_id, request_type, &sign);
         let what = format!("kdniao {request_type} {}", req.logistic_code);
-        let result = with_retries(self.cfg.retries, self.cfg.retry_delay(), &what, || {
+        let result = with_retries(self.cfg.retries, self.cfg.retry_delay(), &what, move || {
             self.attempt(url, body.clone())
         })
         .await;
         if let Err(ProviderError::Quota { .. }) = &result {
             let until = Instant::now() + Duration::from_millis(self.cfg.quota_backoff_ms);
             *self.quota_until.lock().await = Some(until);
-            tracing::error!(alert = true, backoff_ms = self.cfg.quota_backoff_ms, "kdniao quota exhausted; backing off");
+            tracing::error!(
+                alert = true,
+                backoff_ms = self.cfg.quota_backoff_ms,
+                "kdniao quota exhausted; backing off"
+            );
         }
         result
     }
@@ -314,7 +321,9 @@ mod tests {
             body,
             "RequestData=%7B%27a%27%3A%27b+c%27%7D&EBusinessID=1&RequestType=1002&DataSign=ab%2Bc%2Fd%3D%3D&DataType=2"
         );
-        let decoded: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+        let decoded: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect();
         assert_eq!(decoded[3], ("DataSign".to_string(), "ab+c/d==".to_string()));
     }
 
@@ -326,14 +335,24 @@ mod tests {
             r#"{"CustomerName":"5678","LogisticCode":"118954907573","OrderCode":"","ShipperCode":"SF"}"#
         );
         let yto = WaybillRequest::new("YTO", "yt1").with_phone("13800135678");
-        assert_eq!(yto.request_data(), r#"{"LogisticCode":"YT1","OrderCode":"","ShipperCode":"YTO"}"#);
+        assert_eq!(
+            yto.request_data(),
+            r#"{"LogisticCode":"YT1","OrderCode":"","ShipperCode":"YTO"}"#
+        );
     }
 
     #[test]
     fn classification_of_answers() {
         let p = Provider::Kdniao;
-        let bad = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/error_invalid_datasign.json")).unwrap();
-        assert!(matches!(classify_answer(p, &bad), Err(ProviderError::BadSign { .. })));
+        let bad = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/error_invalid_datasign.json"
+        ))
+        .unwrap();
+        assert!(matches!(
+            classify_answer(p, &bad),
+            Err(ProviderError::BadSign { .. })
+        ));
         assert!(matches!(
             classify_answer(p, r#"{"Success":false,"Reason":"业务错误[没有可用套餐]"}"#),
             Err(ProviderError::Quota { .. })
@@ -343,7 +362,14 @@ mod tests {
             Err(ProviderError::InvalidParam { .. })
         ));
         assert!(classify_answer(p, r#"{"Success":false,"Reason":null,"Traces":[]}"#).is_ok());
-        assert!(classify_answer(p, r#"{"Success":true,"State":"0","Reason":"暂无轨迹信息","Traces":[]}"#).is_ok());
-        assert!(matches!(classify_answer(p, "<html>"), Err(ProviderError::Malformed { .. })));
+        assert!(classify_answer(
+            p,
+            r#"{"Success":true,"State":"0","Reason":"暂无轨迹信息","Traces":[]}"#
+        )
+        .is_ok());
+        assert!(matches!(
+            classify_answer(p, "<html>"),
+            Err(ProviderError::Malformed { .. })
+        ));
     }
 }

@@ -374,7 +374,10 @@ mod tests {
             _ => None,
         });
         assert_eq!(cfg.app_key.expose(), "env-key");
-        assert_eq!(cfg.effective_endpoints(), Endpoints::single("http://127.0.0.1:9/x"));
+        assert_eq!(
+            cfg.effective_endpoints(),
+            Endpoints::single("http://127.0.0.1:9/x")
+        );
         cfg.validate().unwrap();
         assert!(!format!("{cfg:?}").contains("env-key"));
     }
@@ -384,6 +387,9 @@ mod tests {
         assert!(KdniaoConfig::from_toml_str("ebusiness_id = \"1\"\nappkey = \"x\"\n").is_err());
         let cfg = KdniaoConfig::from_toml_str("ebusiness_id = \"1\"\n").unwrap();
         assert!(cfg.validate().is_err());
-        assert_eq!(KdniaoConfig::new("1", Secret::new("k")).effective_endpoints(), Endpoints::production());
+        assert_eq!(
+            KdniaoConfig::new("1", Secret::new("k")).effective_endpoints(),
+            Endpoints::production()
+        );
     }
 }

@@ -35,7 +35,9 @@ pub enum KdniaoError {
     #[error(transparent)]
     Publish(#[from] PublishError),
     /// `--kafka` was given but no Kafka publisher was supplied by the binary.
-    #[error("--kafka is not wired yet: this build has no Kafka track publisher (use --output DIR)")]
+    #[error(
+        "--kafka is not wired yet: this build has no Kafka track publisher (use --output DIR)"
+    )]
     KafkaNotWired,
 }
 

@@ -138,13 +138,28 @@ pub fn parse_answer(req: &WaybillRequest, body: &str) -> Result<KdniaoAnswer, Pr
                 provider: p,
                 status: code.parse().unwrap_or(502),
             },
-            "503" => ProviderError::BadSign { provider: p, reason },
-            "601" => ProviderError::Quota { provider: p, reason },
+            "503" => ProviderError::BadSign {
+                provider: p,
+                reason,
+            },
+            "601" => ProviderError::Quota {
+                provider: p,
+                reason,
+            },
             "400" if message.contains("签名") || message.contains("sign") => {
-                ProviderError::BadSign { provider: p, reason }
+                ProviderError::BadSign {
+                    provider: p,
+                    reason,
+                }
             }
-            "400" => ProviderError::InvalidParam { provider: p, reason },
-            _ => ProviderError::Rejected { provider: p, reason },
+            "400" => ProviderError::InvalidParam {
+                provider: p,
+                reason,
+            },
+            _ => ProviderError::Rejected {
+                provider: p,
+                reason,
+            },
         });
     }
     let traces: Vec<RawTrace> = a
@@ -228,7 +243,10 @@ impl Kuaidi100Client {
     /// The `param` JSON for a request.
     pub fn param(&self, req: &WaybillRequest) -> String {
         let mut m = serde_json::Map::new();
-        m.insert("com".into(), carrier_code(&req.shipper_code, &self.carriers).into());
+        m.insert(
+            "com".into(),
+            carrier_code(&req.shipper_code, &self.carriers).into(),
+        );
         m.insert("num".into(), req.logistic_code.clone().into());
         if let Some(phone) = &req.customer_name {
             m.insert("phone".into(), phone.clone().into());
@@ -246,38 +264,44 @@ impl Kuaidi100Client {
             .append_pair("param", &param)
             .finish();
         let what = format!("kuaidi100 {}", req.logistic_code);
-        with_retries(self.cfg.retries, self.cfg.retry_delay(), &what, || async {
-            self.limiter.acquire().await;
-            let resp = self
-                .http
-                .post(&self.url)
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded;charset=utf-8",
-                )
-                .body(body.clone())
-                .send()
-                .await
-                .map_err(|e| transport_error(Provider::Kuaidi100, &e))?;
-            let status = resp.status();
-            if status.is_server_error() {
-                return Err(ProviderError::ServerError {
-                    provider: Provider::Kuaidi100,
-                    status: status.as_u16(),
-                });
-            }
-            if !status.is_success() {
-                return Err(ProviderError::HttpStatus {
-                    provider: Provider::Kuaidi100,
-                    status: status.as_u16(),
-                });
-            }
-            let text = resp
-                .text()
-                .await
-                .map_err(|e| transport_error(Provider::Kuaidi100, &e))?;
-            parse_answer(req, &text)
-        })
+        let body = &body;
+        with_retries(
+            self.cfg.retries,
+            self.cfg.retry_delay(),
+            &what,
+            move || async move {
+                self.limiter.acquire().await;
+                let resp = self
+                    .http
+                    .post(&self.url)
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded;charset=utf-8",
+                    )
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| transport_error(Provider::Kuaidi100, &e))?;
+                let status = resp.status();
+                if status.is_server_error() {
+                    return Err(ProviderError::ServerError {
+                        provider: Provider::Kuaidi100,
+                        status: status.as_u16(),
+                    });
+                }
+                if !status.is_success() {
+                    return Err(ProviderError::HttpStatus {
+                        provider: Provider::Kuaidi100,
+                        status: status.as_u16(),
+                    });
+                }
+                let text = resp
+                    .text()
+                    .await
+                    .map_err(|e| transport_error(Provider::Kuaidi100, &e))?;
+                parse_answer(req, &text)
+            },
+        )
         .await
     }
 }
@@ -317,13 +341,23 @@ mod tests {
         assert_eq!(a.traces.len(), 2);
         assert_eq!(a.logistic_code.as_deref(), Some("YT123"));
         assert!(matches!(
-            parse_answer(&req, r#"{"result":false,"returnCode":"400","message":"找不到对应公司"}"#),
+            parse_answer(
+                &req,
+                r#"{"result":false,"returnCode":"400","message":"找不到对应公司"}"#
+            ),
             Err(ProviderError::InvalidParam { .. })
         ));
-        let none = parse_answer(&req, r#"{"result":false,"returnCode":"500","message":"查询无结果"}"#).unwrap();
+        let none = parse_answer(
+            &req,
+            r#"{"result":false,"returnCode":"500","message":"查询无结果"}"#,
+        )
+        .unwrap();
         assert!(none.traces.is_empty() && none.is_no_traces());
         assert!(matches!(
-            parse_answer(&req, r#"{"result":false,"returnCode":"601","message":"key已过期"}"#),
+            parse_answer(
+                &req,
+                r#"{"result":false,"returnCode":"601","message":"key已过期"}"#
+            ),
             Err(ProviderError::Quota { .. })
         ));
     }

@@ -6,9 +6,9 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// Token bucket: `rate` tokens per second, at most `burst` stored. Each request takes one
-/// token; a request that finds none reserves the next one and sleeps until it is due, so
-/// waiting requests are spaced exactly `1/rate` apart. With `burst = 1` no window of one
-/// second (half-open) contains more than `rate` request starts.
+/// token when it is let through; a request that finds none sleeps until one is due and
+/// checks again. With `burst = 1` consecutive requests start at least `1/rate` apart, so no
+/// one-second window (half-open) contains more than `rate` request starts.
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: f64,
@@ -20,7 +20,11 @@ impl RateLimiter {
     /// A full bucket. `rate` must be positive (validated by the config); a non-positive rate
     /// is treated as 1 request/s.
     pub fn new(rate_per_sec: f64, burst: u32) -> Self {
-        let rate = if rate_per_sec > 0.0 { rate_per_sec } else { 1.0 };
+        let rate = if rate_per_sec > 0.0 {
+            rate_per_sec
+        } else {
+            1.0
+        };
         let burst = f64::from(burst.max(1));
         RateLimiter {
             rate,
@@ -29,22 +33,24 @@ impl RateLimiter {
         }
     }
 
-    /// Waits until a request may start.
+    /// Waits until a request may start. The token is taken at the moment the request is
+    /// let through (after any sleep), so a late wake-up never lets a burst through: actual
+    /// starts obey the limit, not just reservations.
     pub async fn acquire(&self) {
-        let wait = {
-            let mut s = self.state.lock().await;
-            let now = Instant::now();
-            let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
-            s.0 = (s.0 + elapsed * self.rate).min(self.burst);
-            s.1 = now;
-            s.0 -= 1.0;
-            if s.0 >= 0.0 {
-                Duration::ZERO
-            } else {
-                Duration::from_secs_f64(-s.0 / self.rate)
-            }
-        };
-        if !wait.is_zero() {
+        loop {
+            let wait = {
+                let mut s = self.state.lock().await;
+                let now = Instant::now();
+                let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
+                s.0 = (s.0 + elapsed * self.rate).min(self.burst);
+                s.1 = now;
+                // The epsilon absorbs float rounding after an exact sleep.
+                if s.0 >= 1.0 - 1e-9 {
+                    s.0 -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - s.0) / self.rate)
+            };
             tokio::time::sleep(wait).await;
         }
     }
@@ -54,15 +60,21 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn spaces_requests_by_one_over_rate() {
-        let rl = RateLimiter::new(20.0, 1);
+        let rl = RateLimiter::new(100.0, 1);
         let start = Instant::now();
         let mut times = Vec::new();
         for _ in 0..5 {
             rl.acquire().await;
-            times.push(start.elapsed().as_millis());
+            times.push(start.elapsed());
         }
-        assert_eq!(times, vec![0, 50, 100, 150, 200]);
+        assert!(
+            times[0] < Duration::from_millis(5),
+            "first token is immediate"
+        );
+        for w in times.windows(2) {
+            assert!(w[1] - w[0] >= Duration::from_micros(9_500), "{times:?}");
+        }
     }
 }

@@ -136,7 +136,12 @@ async fn push(State(st): State<Arc<ReceiverState>>, method: Method, body: Bytes)
     let (Some(data), Some(sign)) = (request_data, sign) else {
         st.metrics.bad_sign.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("push rejected: RequestData or DataSign missing");
-        return reply(&st, StatusCode::OK, false, "RequestData or DataSign missing");
+        return reply(
+            &st,
+            StatusCode::OK,
+            false,
+            "RequestData or DataSign missing",
+        );
     };
     if !verify_data_sign(&data, &sign, &st.app_key) {
         st.metrics.bad_sign.fetch_add(1, Ordering::Relaxed);
@@ -161,7 +166,10 @@ async fn push(State(st): State<Arc<ReceiverState>>, method: Method, body: Bytes)
         match serde_json::from_value::<KdniaoAnswer>(item) {
             Ok(a) => answers.push(a),
             Err(e) => {
-                st.sink.metrics.rejected_items.fetch_add(1, Ordering::Relaxed);
+                st.sink
+                    .metrics
+                    .rejected_items
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(item = i, error = %e, "skipping malformed push item");
             }
         }
@@ -175,7 +183,12 @@ async fn push(State(st): State<Arc<ReceiverState>>, method: Method, body: Bytes)
         Err(e) => {
             st.metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(alert = true, error = %e, "push not stored; asking Kdniao to resend");
-            reply(&st, StatusCode::INTERNAL_SERVER_ERROR, false, "storage error, retry later")
+            reply(
+                &st,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                false,
+                "storage error, retry later",
+            )
         }
     }
 }

@@ -193,10 +193,12 @@ impl Sandbox {
         app_key: Secret,
         script: SandboxScript,
     ) -> Result<Sandbox, KdniaoError> {
-        let addr = listener.local_addr().map_err(|source| KdniaoError::Server {
-            addr: "sandbox".into(),
-            source,
-        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| KdniaoError::Server {
+                addr: "sandbox".into(),
+                source,
+            })?;
         let state = Arc::new(SandboxState {
             ebusiness_id: ebusiness_id.to_string(),
             app_key,
@@ -398,7 +400,10 @@ async fn do_push(state: &SandboxState, cmd: PushCommand) -> Result<(u16, String)
     Ok((status, text))
 }
 
-async fn control_fail(State(st): State<Arc<SandboxState>>, Json(req): Json<FailRequest>) -> Response {
+async fn control_fail(
+    State(st): State<Arc<SandboxState>>,
+    Json(req): Json<FailRequest>,
+) -> Response {
     let mut g = st.lock();
     match req.provider {
         Provider::Kdniao => g.kdniao_fail = req.mode,
@@ -407,14 +412,22 @@ async fn control_fail(State(st): State<Arc<SandboxState>>, Json(req): Json<FailR
     Json(serde_json::json!({"ok": true})).into_response()
 }
 
-async fn control_push(State(st): State<Arc<SandboxState>>, Json(cmd): Json<PushCommand>) -> Response {
+async fn control_push(
+    State(st): State<Arc<SandboxState>>,
+    Json(cmd): Json<PushCommand>,
+) -> Response {
     match do_push(&st, cmd).await {
-        Ok((status, body)) => Json(serde_json::json!({"status": status, "reply": body})).into_response(),
+        Ok((status, body)) => {
+            Json(serde_json::json!({"status": status, "reply": body})).into_response()
+        }
         Err(e) => (StatusCode::BAD_GATEWAY, e).into_response(),
     }
 }
 
-async fn control_waybill(State(st): State<Arc<SandboxState>>, Json(w): Json<KdniaoAnswer>) -> Response {
+async fn control_waybill(
+    State(st): State<Arc<SandboxState>>,
+    Json(w): Json<KdniaoAnswer>,
+) -> Response {
     upsert(&st, w);
     Json(serde_json::json!({"ok": true})).into_response()
 }
@@ -452,22 +465,41 @@ async fn apply_fail(mode: FailMode) -> Option<FailMode> {
     }
 }
 
-async fn kdniao(State(st): State<Arc<SandboxState>>, method: Method, uri: Uri, body: Bytes) -> Response {
+async fn kdniao(
+    State(st): State<Arc<SandboxState>>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     if method != Method::POST {
         return (StatusCode::NOT_FOUND, format!("no route {uri}")).into_response();
     }
     let f = form(&body);
     let data = f.get("RequestData").cloned().unwrap_or_default();
     let sign = f.get("DataSign").cloned().unwrap_or_default();
-    let request_type: u16 = f.get("RequestType").and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+    let request_type: u16 = f
+        .get("RequestType")
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
     let parsed: serde_json::Value = serde_json::from_str(&data)
         .or_else(|_| serde_json::from_str(&data.replace('\'', "\"")))
         .unwrap_or_default();
-    let field = |k: &str| parsed.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let field = |k: &str| {
+        parsed
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
     let logistic_code = clean_waybill(&field("LogisticCode"));
     let ebid_ok = f.get("EBusinessID").map(String::as_str) == Some(st.ebusiness_id.as_str());
     let sign_ok = ebid_ok && verify_data_sign(&data, &sign, &st.app_key);
-    st.record(Provider::Kdniao, request_type, logistic_code.clone(), sign_ok);
+    st.record(
+        Provider::Kdniao,
+        request_type,
+        logistic_code.clone(),
+        sign_ok,
+    );
     if !sign_ok {
         return Json(serde_json::json!({
             "Success": false,
@@ -477,7 +509,9 @@ async fn kdniao(State(st): State<Arc<SandboxState>>, method: Method, uri: Uri, b
     }
     let mode = st.lock().kdniao_fail.clone();
     match apply_fail(mode).await {
-        Some(FailMode::Http500) => return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        Some(FailMode::Http500) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response()
+        }
         Some(FailMode::Quota) => return kdn_reply(&st, false, "业务错误[没有可用套餐]"),
         Some(FailMode::BadParam) => return kdn_reply(&st, false, "无效的输入[ShipperCode]"),
         _ => {}
@@ -488,11 +522,17 @@ async fn kdniao(State(st): State<Arc<SandboxState>>, method: Method, uri: Uri, b
             if logistic_code.is_empty() || (request_type != 8002 && shipper.is_empty()) {
                 return kdn_reply(&st, false, "无效的输入[LogisticCode/ShipperCode]");
             }
-            if matches!(shipper.as_str(), "SF" | "ZTO" | "KYSY") && field("CustomerName").len() != 4 {
+            if matches!(shipper.as_str(), "SF" | "ZTO" | "KYSY") && field("CustomerName").len() != 4
+            {
                 return kdn_reply(&st, false, "无效的输入[CustomerName]");
             }
             let found = st.find(&logistic_code).filter(|w| {
-                shipper.is_empty() || w.shipper_code.as_deref().map(str::to_ascii_uppercase).as_deref() == Some(shipper.as_str())
+                shipper.is_empty()
+                    || w.shipper_code
+                        .as_deref()
+                        .map(str::to_ascii_uppercase)
+                        .as_deref()
+                        == Some(shipper.as_str())
             });
             match found {
                 Some(mut w) => {
@@ -551,7 +591,8 @@ fn to_kuaidi100_state(code: &str) -> &'static str {
 }
 
 fn k100_error(code: &str, message: &str) -> Response {
-    Json(serde_json::json!({"result": false, "returnCode": code, "message": message})).into_response()
+    Json(serde_json::json!({"result": false, "returnCode": code, "message": message}))
+        .into_response()
 }
 
 async fn kuaidi100(State(st): State<Arc<SandboxState>>, body: Bytes) -> Response {
@@ -562,7 +603,8 @@ async fn kuaidi100(State(st): State<Arc<SandboxState>>, body: Bytes) -> Response
     let sign_ok = match &st.kuaidi100 {
         Some(k) => {
             f.get("customer") == Some(&k.customer)
-                && f.get("sign").map(String::as_str) == Some(kuaidi100_sign(&param, &k.key, &k.customer).as_str())
+                && f.get("sign").map(String::as_str)
+                    == Some(kuaidi100_sign(&param, &k.key, &k.customer).as_str())
         }
         None => false,
     };
@@ -572,7 +614,9 @@ async fn kuaidi100(State(st): State<Arc<SandboxState>>, body: Bytes) -> Response
     }
     let mode = st.lock().kuaidi100_fail.clone();
     match apply_fail(mode).await {
-        Some(FailMode::Http500) => return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        Some(FailMode::Http500) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response()
+        }
         Some(FailMode::Quota) => return k100_error("601", "POLL:KEY已过期"),
         Some(FailMode::BadParam) => return k100_error("400", "找不到对应公司"),
         _ => {}
@@ -580,7 +624,11 @@ async fn kuaidi100(State(st): State<Arc<SandboxState>>, body: Bytes) -> Response
     let Some(w) = st.find(&num) else {
         return k100_error("500", "查询无结果，请隔段时间再查");
     };
-    let code = w.state_ex.clone().or(w.state.clone()).unwrap_or_else(|| "0".into());
+    let code = w
+        .state_ex
+        .clone()
+        .or(w.state.clone())
+        .unwrap_or_else(|| "0".into());
     let mut traces = w.traces.clone();
     traces.sort_by(|a, b| b.accept_time.cmp(&a.accept_time));
     let data: Vec<serde_json::Value> = traces

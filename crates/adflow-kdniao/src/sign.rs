@@ -80,11 +80,31 @@ mod tests {
     #[test]
     fn verify_accepts_good_and_double_encoded_rejects_bad() {
         let key = Secret::new(KEY);
-        assert!(verify_data_sign(DATA, "OWFhM2I5N2ViM2U2MGRkMjc4YzU2NmVlZWI3ZDk0MmE=", &key));
-        assert!(verify_data_sign(DATA, "OWFhM2I5N2ViM2U2MGRkMjc4YzU2NmVlZWI3ZDk0MmE%3D", &key));
-        assert!(!verify_data_sign(DATA, "OWFhM2I5N2ViM2U2MGRkMjc4YzU2NmVlZWI3ZDk0MmE", &key));
-        assert!(!verify_data_sign(DATA, "OWFhM2I5N2ViM2U2MGRkMjc4YzU2NmVlZWI3ZDk0MmE=", &Secret::new("other")));
-        assert!(!verify_data_sign("{}", "OWFhM2I5N2ViM2U2MGRkMjc4YzU2NmVlZWI3ZDk0MmE=", &key));
+        assert!(verify_data_sign(
+            DATA,
+            "OWFhM2I5N2ViM2U2MGRkMjc4YzU2NmVlZWI3ZDk0MmE=",
+            &key
+        ));
+        assert!(verify_data_sign(
+            DATA,
+            "OWFhM2I5N2ViM2U2MGRkMjc4YzU2NmVlZWI3ZDk0MmE%3D",
+            &key
+        ));
+        assert!(!verify_data_sign(
+            DATA,
+            "OWFhM2I5N2ViM2U2MGRkMjc4YzU2NmVlZWI3ZDk0MmE",
+            &key
+        ));
+        assert!(!verify_data_sign(
+            DATA,
+            "OWFhM2I5N2ViM2U2MGRkMjc4YzU2NmVlZWI3ZDk0MmE=",
+            &Secret::new("other")
+        ));
+        assert!(!verify_data_sign(
+            "{}",
+            "OWFhM2I5N2ViM2U2MGRkMjc4YzU2NmVlZWI3ZDk0MmE=",
+            &key
+        ));
     }
 
     #[test]

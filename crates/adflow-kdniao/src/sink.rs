@@ -187,10 +187,7 @@ impl std::fmt::Debug for TrackSink {
 impl TrackSink {
     /// Opens the sink: loads `state_dir/emitted.jsonl` (created on first write).
     /// Unreadable lines in it are skipped with a warning.
-    pub fn open(
-        publisher: Arc<dyn TrackPublisher>,
-        state_dir: &Path,
-    ) -> Result<Self, KdniaoError> {
+    pub fn open(publisher: Arc<dyn TrackPublisher>, state_dir: &Path) -> Result<Self, KdniaoError> {
         std::fs::create_dir_all(state_dir).map_err(|e| KdniaoError::io(state_dir, e))?;
         let emitted_path = state_dir.join("emitted.jsonl");
         let mut store = Store::default();
@@ -203,7 +200,9 @@ impl TrackSink {
                     }
                     match serde_json::from_str::<EmittedRecord>(&line) {
                         Ok(r) => store.note(&r.id, &r.lc, r.ts, &r.code),
-                        Err(e) => tracing::warn!(line = n + 1, error = %e, "skipping unreadable emitted-id record"),
+                        Err(e) => {
+                            tracing::warn!(line = n + 1, error = %e, "skipping unreadable emitted-id record")
+                        }
                     }
                 }
             }

@@ -30,6 +30,8 @@ pub struct Subscription {
 pub struct SubscriptionBook {
     path: PathBuf,
     entries: Mutex<HashMap<String, Subscription>>,
+    /// When the poller last queried each waybill (in memory only).
+    last_polled: Mutex<HashMap<String, i64>>,
 }
 
 impl SubscriptionBook {
@@ -48,7 +50,9 @@ impl SubscriptionBook {
                         Ok(s) => {
                             entries.insert(s.request.logistic_code.clone(), s);
                         }
-                        Err(e) => tracing::warn!(line = n + 1, error = %e, "skipping unreadable subscription record"),
+                        Err(e) => {
+                            tracing::warn!(line = n + 1, error = %e, "skipping unreadable subscription record")
+                        }
                     }
                 }
             }
@@ -58,6 +62,7 @@ impl SubscriptionBook {
         Ok(SubscriptionBook {
             path,
             entries: Mutex::new(entries),
+            last_polled: Mutex::new(HashMap::new()),
         })
     }
 
@@ -74,7 +79,11 @@ impl SubscriptionBook {
         }
         let s = Subscription {
             request: req.clone(),
-            order_id: if order_id.is_empty() { req.order_code.clone() } else { order_id.to_string() },
+            order_id: if order_id.is_empty() {
+                req.order_code.clone()
+            } else {
+                order_id.to_string()
+            },
             subscribed_ms: chrono::Utc::now().timestamp_millis(),
         };
         let mut line = serde_json::to_string(&s).unwrap_or_default();
@@ -175,9 +184,10 @@ pub struct PollReport {
     pub failed: usize,
 }
 
-/// Queries every subscribed waybill that is not final and whose latest track (or, without
-/// tracks, its subscription) is at least `quiet_after_ms` older than `now_ms`; answers go
-/// into `sink` (deduplicated like pushes).
+/// Queries every subscribed waybill that is not final and has been quiet for at least
+/// `quiet_after_ms` before `now_ms` — quiet since the latest of its latest track, its
+/// subscription and its last poll by this process. Answers go into `sink` (deduplicated
+/// like pushes).
 pub async fn poll_quiet_once(
     tracker: &Tracker,
     book: &SubscriptionBook,
@@ -188,13 +198,29 @@ pub async fn poll_quiet_once(
     let mut report = PollReport::default();
     for sub in book.all().await {
         let status = sink.status(&sub.request.logistic_code).await;
-        if status.as_ref().is_some_and(|s| is_final_code(&s.latest_code)) {
+        if status
+            .as_ref()
+            .is_some_and(|s| is_final_code(&s.latest_code))
+        {
             continue;
         }
-        let last = status.map_or(sub.subscribed_ms, |s| s.latest_ts.max(sub.subscribed_ms));
-        if now_ms - last < quiet_after_ms {
+        let polled = book
+            .last_polled
+            .lock()
+            .await
+            .get(&sub.request.logistic_code)
+            .copied()
+            .unwrap_or(i64::MIN);
+        let last = status
+            .map_or(sub.subscribed_ms, |s| s.latest_ts.max(sub.subscribed_ms))
+            .max(polled);
+        if now_ms.saturating_sub(last) < quiet_after_ms {
             continue;
         }
+        book.last_polled
+            .lock()
+            .await
+            .insert(sub.request.logistic_code.clone(), now_ms);
         report.queried += 1;
         match tracker.query(&sub.request).await {
             Ok((provider, answer)) => {

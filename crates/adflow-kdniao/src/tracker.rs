@@ -95,7 +95,9 @@ impl FailedQueue {
             }
             match serde_json::from_str(line) {
                 Ok(r) => out.push(r),
-                Err(e) => tracing::warn!(line = n + 1, error = %e, "skipping unreadable failed-queue line"),
+                Err(e) => {
+                    tracing::warn!(line = n + 1, error = %e, "skipping unreadable failed-queue line")
+                }
             }
         }
         Ok(out)
@@ -204,7 +206,12 @@ impl Tracker {
         }
     }
 
-    async fn park(&self, kind: RequestKind, req: &WaybillRequest, e: ProviderError) -> ProviderError {
+    async fn park(
+        &self,
+        kind: RequestKind,
+        req: &WaybillRequest,
+        e: ProviderError,
+    ) -> ProviderError {
         if !e.is_parkable() {
             return e;
         }
@@ -216,8 +223,12 @@ impl Tracker {
             last_error: e.to_string(),
         };
         match self.failed.push(&item).await {
-            Ok(()) => tracing::warn!(logistic_code = %req.logistic_code, ?kind, error = %e, "request parked in failed queue"),
-            Err(pe) => tracing::error!(alert = true, logistic_code = %req.logistic_code, error = %pe, "could not park failed request"),
+            Ok(()) => {
+                tracing::warn!(logistic_code = %req.logistic_code, ?kind, error = %e, "request parked in failed queue")
+            }
+            Err(pe) => {
+                tracing::error!(alert = true, logistic_code = %req.logistic_code, error = %pe, "could not park failed request")
+            }
         }
         ProviderError::Parked { last: Box::new(e) }
     }
@@ -237,27 +248,35 @@ impl Tracker {
         let mut keep = Vec::new();
         let mut report = ReplayReport::default();
         for mut item in items {
-            let result = match item.kind {
-                RequestKind::Query => match self.query_direct(&item.request).await {
-                    Ok((_, answer)) => match sink {
-                        Some(s) => s.ingest(std::slice::from_ref(&answer)).await.map(|_| ()).map_err(|e| {
-                            ProviderError::Rejected { provider: Provider::Kdniao, reason: format!("sink: {e}") }
-                        }),
-                        None => Ok(()),
+            let result =
+                match item.kind {
+                    RequestKind::Query => match self.query_direct(&item.request).await {
+                        Ok((_, answer)) => match sink {
+                            Some(s) => s
+                                .ingest(std::slice::from_ref(&answer))
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| ProviderError::Rejected {
+                                    provider: Provider::Kdniao,
+                                    reason: format!("sink: {e}"),
+                                }),
+                            None => Ok(()),
+                        },
+                        Err(e) => Err(e),
                     },
-                    Err(e) => Err(e),
-                },
-                RequestKind::Subscribe => match self.kdniao.subscribe(&item.request).await {
-                    Ok(_) => match book {
-                        Some(b) => b.record(&item.request, "").await.map_err(|e| ProviderError::Rejected {
-                            provider: Provider::Kdniao,
-                            reason: format!("subscription book: {e}"),
-                        }),
-                        None => Ok(()),
+                    RequestKind::Subscribe => match self.kdniao.subscribe(&item.request).await {
+                        Ok(_) => match book {
+                            Some(b) => b.record(&item.request, "").await.map_err(|e| {
+                                ProviderError::Rejected {
+                                    provider: Provider::Kdniao,
+                                    reason: format!("subscription book: {e}"),
+                                }
+                            }),
+                            None => Ok(()),
+                        },
+                        Err(e) => Err(e),
                     },
-                    Err(e) => Err(e),
-                },
-            };
+                };
             match result {
                 Ok(()) => report.succeeded += 1,
                 Err(e) if !e.is_parkable() => {
@@ -277,7 +296,12 @@ impl Tracker {
         let now = self.failed.load_unlocked()?;
         keep.extend(now.into_iter().skip(taken));
         self.failed.replace_unlocked(&keep)?;
-        tracing::info!(succeeded = report.succeeded, still_failed = report.still_failed, dropped = report.dropped, "failed queue replayed");
+        tracing::info!(
+            succeeded = report.succeeded,
+            still_failed = report.still_failed,
+            dropped = report.dropped,
+            "failed queue replayed"
+        );
         Ok(report)
     }
 }

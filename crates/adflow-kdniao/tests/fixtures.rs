@@ -9,15 +9,22 @@ use adflow_kdniao::sink::{FilePublisher, TrackSink};
 use adflow_kdniao::track::{answer_to_events, TrackEvent};
 
 fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 fn expected(name: &str) -> Vec<String> {
-    std::fs::read_to_string(format!("{}/tests/expected/{name}", env!("CARGO_MANIFEST_DIR")))
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
+    std::fs::read_to_string(format!(
+        "{}/tests/expected/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .lines()
+    .map(str::to_string)
+    .collect()
 }
 
 fn lines(events: &[TrackEvent]) -> Vec<String> {
@@ -27,7 +34,10 @@ fn lines(events: &[TrackEvent]) -> Vec<String> {
 fn push_items(text: &str) -> Vec<KdniaoAnswer> {
     let p: PushRequestData = serde_json::from_str(text).unwrap();
     assert_eq!(p.count.as_deref(), Some("2"));
-    p.data.into_iter().map(|v| serde_json::from_value(v).unwrap()).collect()
+    p.data
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect()
 }
 
 #[test]
@@ -72,7 +82,10 @@ fn push_101_gives_sixteen_exact_events() {
 fn invalid_datasign_answer_is_a_bad_sign_error() {
     match classify_answer(Provider::Kdniao, &fixture("error_invalid_datasign.json")) {
         Err(ProviderError::BadSign { reason, .. }) => {
-            assert_eq!(reason, "非法参数[DataSign[OGJjNDg1NWJmMjJlMDYwNjZmMTdiODY3MWZmMWI2ZWE=]不合法.]")
+            assert_eq!(
+                reason,
+                "非法参数[DataSign[OGJjNDg1NWJmMjJlMDYwNjZmMTdiODY3MWZmMWI2ZWE=]不合法.]"
+            )
         }
         other => panic!("expected BadSign, got {other:?}"),
     }
@@ -93,7 +106,8 @@ fn push_reply_fixture_has_our_reply_fields() {
 
 #[test]
 fn malformed_trace_time_is_reported_and_the_rest_kept() {
-    let text = fixture("push_101_request_data.json").replace("2015-03-07 14:25:00", "2015-03-07 14:25:001");
+    let text = fixture("push_101_request_data.json")
+        .replace("2015-03-07 14:25:00", "2015-03-07 14:25:001");
     let items = push_items(&text);
     let c = answer_to_events(&items[0]);
     assert_eq!(c.bad_traces.len(), 1);
@@ -107,9 +121,7 @@ async fn sink_dedups_repeats_and_keeps_state_of_earlier_latest_trace() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let state = dir.path().join("state");
-    let open = || {
-        TrackSink::open(Arc::new(FilePublisher::new(&out).unwrap()), &state).unwrap()
-    };
+    let open = || TrackSink::open(Arc::new(FilePublisher::new(&out).unwrap()), &state).unwrap();
     let mk = |traces: &[&str], state: &str, ex: &str| -> KdniaoAnswer {
         serde_json::from_value(serde_json::json!({
             "ShipperCode": "YTO", "LogisticCode": "yt-1", "Success": true, "State": state, "StateEx": ex,
@@ -120,7 +132,11 @@ async fn sink_dedups_repeats_and_keeps_state_of_earlier_latest_trace() {
     let sink = open();
     let first = mk(&["2024-01-01 08:00:00", "2024-01-02 08:00:00"], "4", "405");
     let r1 = sink.ingest(std::slice::from_ref(&first)).await.unwrap();
-    let got: Vec<_> = r1.written.iter().map(|e| (e.state.as_str(), e.state_ex.as_deref())).collect();
+    let got: Vec<_> = r1
+        .written
+        .iter()
+        .map(|e| (e.state.as_str(), e.state_ex.as_deref()))
+        .collect();
     assert_eq!(got, vec![("1", None), ("4", Some("405"))]);
     // The same push again: nothing new.
     let r2 = sink.ingest(std::slice::from_ref(&first)).await.unwrap();
@@ -129,9 +145,21 @@ async fn sink_dedups_repeats_and_keeps_state_of_earlier_latest_trace() {
     // After a restart the record of emitted ids survives; the former latest trace (405) is
     // not re-emitted as an inferred in-transit event; only the new latest trace is written.
     let sink = open();
-    let second = mk(&["2024-01-01 08:00:00", "2024-01-02 08:00:00", "2024-01-03 08:00:00"], "3", "301");
+    let second = mk(
+        &[
+            "2024-01-01 08:00:00",
+            "2024-01-02 08:00:00",
+            "2024-01-03 08:00:00",
+        ],
+        "3",
+        "301",
+    );
     let r3 = sink.ingest(std::slice::from_ref(&second)).await.unwrap();
-    let got: Vec<_> = r3.written.iter().map(|e| (e.ts, e.state.as_str(), e.state_ex.as_deref())).collect();
+    let got: Vec<_> = r3
+        .written
+        .iter()
+        .map(|e| (e.ts, e.state.as_str(), e.state_ex.as_deref()))
+        .collect();
     assert_eq!(got, vec![(1_704_240_000_000, "3", Some("301"))]);
     assert_eq!((r3.duplicates, r3.suppressed), (1, 1));
     let file = std::fs::read_to_string(out.join("logistics.jsonl")).unwrap();
