@@ -71,29 +71,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let received = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(Barrier::new(args.consumers + 1));
+    let total_parts = 4 * args.partitions as usize;
+    let sizes: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..args.consumers).map(|_| AtomicUsize::new(0)).collect());
     let mut handles = Vec::new();
     for w in 0..args.consumers {
         let config = config.clone();
         let received = received.clone();
         let done = done.clone();
         let ready = ready.clone();
+        let sizes = sizes.clone();
         handles.push(std::thread::spawn(
             move || -> Result<(Vec<i64>, i64), String> {
                 let mut source = KafkaSource::new(&config, w).map_err(|e| e.to_string())?;
-                // Join the group before the producer starts, so no rebalance redelivers.
+                // Join the group before the producer starts, and wait until the partitions
+                // are spread over all consumers, so no rebalance redelivers during the run.
                 let settle_deadline = Instant::now() + Duration::from_secs(60);
-                let mut stable_since = Instant::now();
-                let mut last = 0;
                 while Instant::now() < settle_deadline {
                     source
                         .poll_records(1, Duration::from_millis(100))
                         .map_err(|e| e.to_string())?;
-                    let n = source.assignment().len();
-                    if n != last {
-                        last = n;
-                        stable_since = Instant::now();
-                    }
-                    if n > 0 && stable_since.elapsed() > Duration::from_secs(3) {
+                    sizes[w].store(source.assignment().len(), Ordering::Relaxed);
+                    let all: Vec<usize> = sizes.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+                    if all.iter().all(|&n| n > 0) && all.iter().sum::<usize>() == total_parts {
                         break;
                     }
                 }

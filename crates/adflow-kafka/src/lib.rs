@@ -23,3 +23,18 @@ pub use dead_letter::{DeadLetter, DeadLetterProducer, RAW_LIMIT};
 pub use error::KafkaError;
 pub use produce::{message_key, now_ms, produce, ProduceArgs, ProduceReport, StreamReport};
 pub use source::{CommitOutcome, KafkaSource, PartitionStatus, RebalanceEvent, SourceRecord};
+
+#[cfg(test)]
+mod tests {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+
+    #[test]
+    fn thread_safety() {
+        // A worker may build its source anywhere and move it into its thread.
+        send::<crate::KafkaSource>();
+        // One dead-letter producer may be shared by all workers.
+        send::<crate::DeadLetterProducer>();
+        sync::<crate::DeadLetterProducer>();
+    }
+}
