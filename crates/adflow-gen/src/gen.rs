@@ -1104,7 +1104,7 @@ pub fn generate(args: &GenerateArgs) -> Result<GenReport, GenError> {
             } else {
                 // Skewed: some users are much more active than others.
                 let x: f64 = w.rng.gen::<f64>();
-                let u = ((x * x) * n_users as f64) as u32;
+                let u = (x.powf(1.5) * n_users as f64) as u32;
                 w.session(Some(u.min(n_users - 1)), t0);
             }
         }
