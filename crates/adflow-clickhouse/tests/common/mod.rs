@@ -27,6 +27,16 @@ pub fn server_url() -> Option<String> {
     }
 }
 
+/// Logs to the test output (`RUST_LOG`, default `adflow_clickhouse=info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("adflow_clickhouse=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -36,6 +46,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// A config for a database unique to this test and process, dropped first if it exists.
 pub fn fresh_config(url: &str, name: &str) -> ClickHouseConfig {
+    init_logging();
     let database = format!("adflow_test_{name}_{}", std::process::id());
     let mut config = ClickHouseConfig::new(url, database.clone());
     config.batch_rows = 100;
