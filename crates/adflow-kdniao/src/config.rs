@@ -225,6 +225,11 @@ pub struct Kuaidi100Config {
     pub carriers: BTreeMap<String, String>,
 }
 
+/// A finite, strictly positive rate (NaN and infinities are rejected).
+fn is_positive(x: f64) -> bool {
+    x.is_finite() && x > 0.0
+}
+
 fn default_k100_url() -> String {
     KUAIDI100_QUERY_URL.to_string()
 }
@@ -330,13 +335,13 @@ impl KdniaoConfig {
                 self.subscribe_request_type
             )));
         }
-        if !(self.http.rate_limit_per_sec > 0.0) || self.http.burst == 0 {
+        if !is_positive(self.http.rate_limit_per_sec) || self.http.burst == 0 {
             return Err(KdniaoError::Config(
                 "http.rate_limit_per_sec must be > 0 and http.burst >= 1".into(),
             ));
         }
         if let Some(k) = &self.kuaidi100 {
-            if k.customer.is_empty() || k.key.is_empty() || !(k.rate_limit_per_sec > 0.0) {
+            if k.customer.is_empty() || k.key.is_empty() || !is_positive(k.rate_limit_per_sec) {
                 return Err(KdniaoError::Config(
                     "kuaidi100 needs customer, key and a positive rate_limit_per_sec".into(),
                 ));
