@@ -541,3 +541,65 @@ fn example_script_and_control_bodies_parse() {
         serde_json::from_str(r#"{"provider":"kuaidi100","mode":"http500"}"#).unwrap();
     assert_eq!(f.mode, FailMode::Http500);
 }
+
+#[tokio::test]
+async fn push_102_uses_per_trace_action_and_survives_a_malformed_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox().await;
+    let rx = receiver(dir.path()).await;
+    sb.upsert_waybill(
+        serde_json::from_value(serde_json::json!({
+            "ShipperCode": "ZTO", "LogisticCode": "7301-2345 678", "State": 2, "StateEx": "202",
+            "Traces": [
+                {"AcceptTime": "2024/01/02 09:00:00", "AcceptStation": "派件中 13912345678", "Action": "202"},
+                {"AcceptTime": "2024-01-01 08:00:00", "AcceptStation": "已揽收", "Action": "1"},
+                {"AcceptTime": "2024-01-01 20:00:000", "AcceptStation": "到达", "Action": "201"},
+                {"AcceptTime": "2024-01-01 22:00:00", "AcceptStation": "到达", "Action": 201}
+            ]
+        }))
+        .unwrap(),
+    );
+    let cmd = PushCommand {
+        callback_url: Some(rx.url.clone()),
+        request_type: Some(102),
+        logistic_codes: Some(vec!["730123 45678".into()]),
+        bad_sign: false,
+    };
+    let (status, body) = sb.push(cmd).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("\"Success\":true"), "{body}");
+    let got: Vec<serde_json::Value> = output_lines(&rx.out)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary: Vec<(i64, &str, &str, &str)> = got
+        .iter()
+        .map(|e| {
+            (
+                e["ts"].as_i64().unwrap(),
+                e["state"].as_str().unwrap(),
+                e["state_ex"].as_str().unwrap(),
+                e["station"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1_704_067_200_000, "1", "1", "已揽收"),
+            (1_704_117_600_000, "2", "201", "到达"),
+            (1_704_157_200_000, "2", "202", "派件中 139****5678"),
+        ]
+    );
+    assert!(got
+        .iter()
+        .all(|e| e["logistic_code"] == "73012345678" && e["shipper_code"] == "ZTO"));
+    assert_eq!(
+        rx.state
+            .sink()
+            .metrics
+            .bad_traces
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
