@@ -447,6 +447,9 @@ pub fn compute(input_dir: &Path, cfg: &RefConfig) -> Result<Tables, RefError> {
             let td = (weight(c.ts) / total * 1e6).round() as i64;
             credits.push(("time_decay", Fixed(td)));
             for (model, credit) in credits {
+                if !cfg.models.iter().any(|m| m == model) {
+                    continue;
+                }
                 out(OutputRow::Attribution(AttributionRow {
                     order_id: oid.clone(),
                     person_id: person.clone(),

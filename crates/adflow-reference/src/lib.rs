@@ -82,6 +82,7 @@ mod tables;
 pub use compute::compute;
 pub use tables::{comparable, diff, read_changelog_dir, write_tables_dir};
 
+use adflow_model::config::Settings;
 use adflow_model::event::ParseConfig;
 use adflow_model::time::{DAY, HOUR, MINUTE, SECOND};
 use adflow_model::{OutputRow, Table};
@@ -122,9 +123,46 @@ pub struct RefConfig {
     pub no_imp_min: i64,
     /// Replenishment delay after the first signing (default 3 days).
     pub replenishment_delay_ms: i64,
+    /// Attribution models emitted (default all five: `last_click`, `first_click`, `linear`,
+    /// `time_decay`, `position_based`). `order_status` and `campaign_metrics` use the last
+    /// click whatever this says.
+    pub models: Vec<String>,
     /// Zone of zone-less timestamps and the phone secret (defaults: +08:00 and
     /// `ParseConfig::default()`'s secret).
     pub parse: ParseConfig,
+}
+
+impl RefConfig {
+    /// The reference configuration of pipeline `settings` (spec §5 settings file), with the
+    /// phone HMAC `phone_secret`.
+    pub fn from_settings(settings: &Settings, phone_secret: Vec<u8>) -> Result<Self, RefError> {
+        let bad = |e: adflow_model::config::SettingsError| RefError::Config(e.to_string());
+        Ok(RefConfig {
+            window_ms: settings.attribution_window.0,
+            half_life_ms: settings.time_decay_half_life.0,
+            allowed_lateness_ms: settings.allowed_lateness.0,
+            stall_threshold_ms: settings.stall_threshold.0,
+            cpc_window_ms: settings.cpc_window.0,
+            cpc_baseline_windows: settings.cpc_baseline_windows as i64,
+            cpc_ratio_num: settings.cpc_ratio_scaled().map_err(bad)?,
+            cpc_ratio_den: 1000,
+            cpc_min_clicks: settings.cpc_min_clicks,
+            cpc_min_baseline_clicks: settings.cpc_min_baseline_clicks,
+            no_imp_window_ms: settings.no_impression_window.0,
+            no_imp_lookback: settings.no_impression_lookback as i64,
+            no_imp_min: settings.no_impression_min,
+            replenishment_delay_ms: settings.replenishment_delay.0,
+            models: settings
+                .models
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect(),
+            parse: ParseConfig {
+                zone_offset_minutes: settings.zone_offset_minutes().map_err(bad)?,
+                phone_secret,
+            },
+        })
+    }
 }
 
 impl Default for RefConfig {
@@ -144,6 +182,16 @@ impl Default for RefConfig {
             no_imp_lookback: 3,
             no_imp_min: 10,
             replenishment_delay_ms: 3 * DAY,
+            models: [
+                "last_click",
+                "first_click",
+                "linear",
+                "time_decay",
+                "position_based",
+            ]
+            .iter()
+            .map(|m| m.to_string())
+            .collect(),
             parse: ParseConfig::default(),
         }
     }

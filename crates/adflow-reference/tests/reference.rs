@@ -509,3 +509,17 @@ fn dead_letters_duplicates_and_changelog_round_trip() {
     let report = diff(&t, &fewer).unwrap();
     assert!(report.contains("table campaign_metrics") && report.contains("1 missing"));
 }
+
+#[test]
+fn config_from_default_settings_is_the_default() {
+    let settings = adflow_model::config::Settings::default();
+    let secret = adflow_model::event::ParseConfig::default().phone_secret;
+    let got = RefConfig::from_settings(&settings, secret).unwrap();
+    // 3/2 and 1500/1000 are the same ratio.
+    let want = RefConfig {
+        cpc_ratio_num: 1500,
+        cpc_ratio_den: 1000,
+        ..RefConfig::default()
+    };
+    assert_eq!(format!("{got:?}"), format!("{want:?}"));
+}
