@@ -31,6 +31,17 @@ fn service(action: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Starts the server again if the test fails while it is stopped.
+struct RestartOnDrop;
+
+impl Drop for RestartOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("bash").arg(script()).arg("start").output();
+        }
+    }
+}
+
 #[test]
 fn server_outage_mid_write_changes_nothing() {
     let Some(url) = server_url() else { return };
@@ -79,6 +90,7 @@ fn server_outage_mid_write_changes_nothing() {
     });
 
     half_rx.recv().unwrap();
+    let _restart = RestartOnDrop;
     service("stop");
     let down = Instant::now();
     down_tx.send(()).unwrap();
