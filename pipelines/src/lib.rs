@@ -1,1 +1,172 @@
-//! adflow pipelines (work in progress).
+//! adflow's business pipelines, one module per output, all incremental.
+//!
+//! Each module implements [`Pipeline`]: it declares the shared collections it reads
+//! ([`Pipeline::uses`]), the ones it adds for later modules ([`Pipeline::provides`]) and the
+//! tables it emits ([`Pipeline::emits`]), and builds its part of the dataflow in
+//! [`Pipeline::build`] from a [`Context`]. Modules are registered in one list, [`PIPELINES`],
+//! in dependency order; [`AdflowProgram`] builds them all into one dataflow for the engine.
+//! Shared collections are built once (and their arrangements reused), never re-derived per
+//! module.
+//!
+//! To add a pipeline: write `src/<name>.rs` with a unit struct implementing [`Pipeline`], add
+//! its line to [`PIPELINES`], and (if it provides something new) a field to [`Shared`]. See
+//! `docs/adding-a-pipeline.md`.
+//!
+//! The `Pipeline` trait lives here rather than in `adflow-engine` because the shared
+//! collections are typed by business records; the engine stays generic ([`adflow_engine::Program`]).
+
+pub mod anomalies;
+pub mod attribution;
+pub mod campaign_metrics;
+pub mod identity;
+pub mod logistics;
+pub mod order_status;
+pub mod suppressed_persons;
+pub mod triggers;
+pub mod types;
+
+use adflow_engine::{Col, OutRec, Program};
+use adflow_model::config::Settings;
+use adflow_model::event::Event;
+use adflow_model::Table;
+use types::*;
+
+/// Names of the shared collections modules exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharedName {
+    /// `(node, label)`: every identity node's component label.
+    Labels,
+    /// Clicks, with their expiry applied.
+    Clicks,
+    /// `(order_id, OrderInfo)`: each order's defining event.
+    Orders,
+    /// `(order_id, person_id)`.
+    OrderPerson,
+    /// `(order_id, LastClick)`: the last-click attribution of each attributed order.
+    LastClick,
+    /// `(order_id, Shipment)`: each order's latest shipment.
+    Shipments,
+    /// `(waybill, WaybillSummary)`.
+    WaybillSummary,
+    /// Anomaly intervals of parcels (stalls and delivery exceptions).
+    ParcelIntervals,
+    /// `(person_id, ParcelInterval)`: the parcel intervals of each person's parcels.
+    PersonIntervals,
+    /// `(order_id, OrderState)`: everything known about an order.
+    OrderState,
+}
+
+/// Shared collections, filled in as modules are built.
+#[derive(Default)]
+pub struct Shared<'s> {
+    pub labels: Option<Col<'s, (String, Label)>>,
+    pub clicks: Option<Col<'s, Click>>,
+    pub orders: Option<Col<'s, (String, OrderInfo)>>,
+    pub order_person: Option<Col<'s, (String, String)>>,
+    pub last_click: Option<Col<'s, (String, LastClick)>>,
+    pub shipments: Option<Col<'s, (String, Shipment)>>,
+    pub waybill_summary: Option<Col<'s, (String, WaybillSummary)>>,
+    pub parcel_intervals: Option<Col<'s, ParcelInterval>>,
+    pub person_intervals: Option<Col<'s, (String, ParcelInterval)>>,
+    pub order_state: Option<Col<'s, (String, OrderState)>>,
+}
+
+/// What a module builds from and into.
+pub struct Context<'s> {
+    pub settings: Settings,
+    /// Derived numbers of the settings.
+    pub params: Params,
+    /// The deduplicated input events.
+    pub events: Col<'s, Event>,
+    pub shared: Shared<'s>,
+    /// Output records, any table.
+    pub outputs: Vec<Col<'s, OutRec>>,
+}
+
+macro_rules! need {
+    ($cx:expr, $field:ident, $name:expr) => {
+        $cx.shared
+            .$field
+            .clone()
+            .ok_or_else(|| format!("shared collection {:?} is not built yet", $name))?
+    };
+}
+pub(crate) use need;
+
+/// One business pipeline module.
+pub trait Pipeline: Sync {
+    /// The module's name (its file name).
+    fn name(&self) -> &'static str;
+    /// Shared collections this module reads; they must be provided by earlier modules.
+    fn uses(&self) -> &'static [SharedName];
+    /// Shared collections this module adds.
+    fn provides(&self) -> &'static [SharedName];
+    /// Output tables this module emits rows of.
+    fn emits(&self) -> &'static [Table];
+    /// Builds the module's part of the dataflow.
+    fn build(&self, cx: &mut Context<'_>) -> Result<(), String>;
+}
+
+/// Every pipeline module, in dependency order. `dead_letters` is produced by the engine itself
+/// at ingestion (parse failures and too-late events), so it has no module here.
+pub static PIPELINES: &[&dyn Pipeline] = &[
+    &identity::Identity,
+    &attribution::Attribution,
+    &logistics::Logistics,
+    &order_status::OrderStatus,
+    &campaign_metrics::CampaignMetrics,
+    &anomalies::Anomalies,
+    &triggers::Triggers,
+    &suppressed_persons::SuppressedPersons,
+];
+
+/// Checks that every module only uses what earlier modules provide.
+pub fn check_registry(pipelines: &[&dyn Pipeline]) -> Result<(), String> {
+    let mut have: Vec<SharedName> = Vec::new();
+    for p in pipelines {
+        for u in p.uses() {
+            if !have.contains(u) {
+                return Err(format!(
+                    "pipeline {} uses {:?}, which no earlier pipeline provides",
+                    p.name(),
+                    u
+                ));
+            }
+        }
+        have.extend_from_slice(p.provides());
+    }
+    Ok(())
+}
+
+/// The whole adflow program: every module of [`PIPELINES`].
+pub struct AdflowProgram;
+
+impl Program for AdflowProgram {
+    fn build<'s>(
+        &self,
+        events: Col<'s, Event>,
+        settings: &Settings,
+    ) -> Result<Vec<Col<'s, OutRec>>, String> {
+        check_registry(PIPELINES)?;
+        let mut cx = Context {
+            settings: settings.clone(),
+            params: Params::from_settings(settings)?,
+            events,
+            shared: Shared::default(),
+            outputs: Vec::new(),
+        };
+        for p in PIPELINES {
+            p.build(&mut cx)
+                .map_err(|e| format!("pipeline {}: {e}", p.name()))?;
+        }
+        Ok(cx.outputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn registry_is_ordered() {
+        super::check_registry(super::PIPELINES).unwrap();
+    }
+}

@@ -1,0 +1,142 @@
+//! `adflow`: the one binary. See `adflow --help`.
+
+mod report;
+
+use adflow_engine::driver::{run, RunOptions, SourceFactory};
+use adflow_engine::file::{FileSink, FileSource};
+use adflow_model::config::Settings;
+use adflow_model::Sink;
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "adflow",
+    version,
+    about = "Real-time marketing data pipeline: attribution, funnels, logistics triggers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline over input files and write every output table as a changelog.
+    Run(RunArgs),
+    /// Generate a realistic synthetic data set (the four input streams).
+    Generate(adflow_gen::GenerateArgs),
+    /// Summarise the current contents of a file-mode output directory.
+    Report(report::ReportArgs),
+    /// Kdniao logistics connector: push receiver, queries, subscriptions, stand-in server.
+    #[command(subcommand)]
+    Kdniao(adflow_kdniao::KdniaoCommand),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Directory with `ad_events.jsonl`, `orders.jsonl`, `logistics.jsonl`, `identity.jsonl`
+    /// (a missing file is an empty stream).
+    #[arg(long)]
+    input: PathBuf,
+    /// Directory for the changelogs `<table>.jsonl`.
+    #[arg(long)]
+    output: PathBuf,
+    /// Worker threads.
+    #[arg(long, short = 'w', default_value_t = 1)]
+    workers: usize,
+    /// Settings file (TOML); see docs/configuration.md.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn load_settings(path: Option<&PathBuf>) -> Result<Settings> {
+    match path {
+        None => Ok(Settings::default()),
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Settings::from_toml(&text).with_context(|| format!("in {}", p.display()))
+        }
+    }
+}
+
+fn cmd_run(args: RunArgs) -> Result<()> {
+    if !args.input.is_dir() {
+        bail!("input directory {} does not exist", args.input.display());
+    }
+    let settings = load_settings(args.config.as_ref())?;
+    let opts = RunOptions::new(args.workers, settings)?;
+    let parse = opts.parse.clone();
+    let input = args.input.clone();
+    let sources: SourceFactory = Arc::new(move |index, peers| {
+        Ok(
+            Box::new(FileSource::open(&input, index, peers, parse.clone())?)
+                as Box<dyn adflow_engine::driver::Source>,
+        )
+    });
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(FileSink::create(&args.output)?)];
+    let started = std::time::Instant::now();
+    let report = run(
+        Arc::new(adflow_pipelines::AdflowProgram),
+        sources,
+        sinks,
+        opts,
+    )?;
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        messages = report.messages,
+        events = report.events,
+        late = report.late,
+        duplicates = report.duplicates,
+        dead_letters = report.dead_letters,
+        changes = report.changes,
+        watermark = report.final_watermark,
+        secs,
+        rate = (report.messages as f64 / secs.max(1e-9)) as u64,
+        "run finished"
+    );
+    eprintln!(
+        "adflow run: {} messages ({} events, {} late, {} duplicates, {} dead letters) -> {} changes in {:.2}s ({:.0} msg/s)",
+        report.messages,
+        report.events,
+        report.late,
+        report.duplicates,
+        report.dead_letters,
+        report.changes,
+        secs,
+        report.messages as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ADFLOW_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(a) => cmd_run(a),
+        Command::Generate(a) => {
+            let r = adflow_gen::generate(&a)?;
+            eprintln!(
+                "adflow generate: {} lines written to {}",
+                r.total_lines(),
+                a.output.display()
+            );
+            Ok(())
+        }
+        Command::Report(a) => report::report(&a),
+        Command::Kdniao(cmd) => {
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(adflow_kdniao::run(cmd))?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The worker driver: reads sources, parses and validates, advances the watermark, steps the
+//! dataflow, and hands released output changes to the sinks.
+
+use crate::ops::{dedup, output_stage, DedupStats, OutputBuffer};
+use crate::{to_time, Diff, EngineError, OutRec, Program, Time, NEVER};
+use adflow_model::config::Settings;
+use adflow_model::event::{parse_event, raw_excerpt, Event, ParseConfig};
+use adflow_model::output::DeadLetterRow;
+use adflow_model::{OutputRow, RawMessage, Sink};
+use differential_dataflow::input::{Input, InputSession};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::ProbeHandle;
+
+/// What a source has for the worker right now.
+pub enum Poll {
+    /// Some messages (possibly none yet).
+    Messages(Vec<RawMessage>),
+    /// Nothing now; more may come later (live sources).
+    Idle,
+    /// The source is exhausted (bounded sources).
+    Finished,
+}
+
+/// A per-worker input source.
+pub trait Source {
+    /// Returns up to `max` messages.
+    fn poll(&mut self, max: usize) -> Result<Poll, EngineError>;
+}
+
+/// Builds the source of worker `index` of `peers`.
+pub type SourceFactory =
+    Arc<dyn Fn(usize, usize) -> Result<Box<dyn Source>, EngineError> + Send + Sync>;
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Worker threads in this process.
+    pub workers: usize,
+    pub settings: Settings,
+    pub parse: ParseConfig,
+    /// Messages read per step of a worker.
+    pub batch: usize,
+    /// Interval of progress log lines.
+    pub progress_every: Duration,
+}
+
+impl RunOptions {
+    /// Options for `workers` threads with the given settings (phone secret from the
+    /// environment variable the settings name, or the built-in development secret).
+    pub fn new(workers: usize, settings: Settings) -> Result<Self, EngineError> {
+        settings
+            .validate()
+            .map_err(|e| EngineError::Settings(e.to_string()))?;
+        let zone = settings
+            .zone_offset_minutes()
+            .map_err(|e| EngineError::Settings(e.to_string()))?;
+        let mut parse = ParseConfig {
+            zone_offset_minutes: zone,
+            ..ParseConfig::default()
+        };
+        match std::env::var(&settings.phone_secret_env) {
+            Ok(s) if !s.is_empty() => parse.phone_secret = s.into_bytes(),
+            _ => tracing::warn!(
+                var = %settings.phone_secret_env,
+                "phone HMAC secret not set; using the built-in development secret"
+            ),
+        }
+        Ok(RunOptions {
+            workers: workers.max(1),
+            settings,
+            parse,
+            batch: 16_384,
+            progress_every: Duration::from_secs(2),
+        })
+    }
+}
+
+/// Counters of one run, summed over workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Messages read.
+    pub messages: u64,
+    /// Valid events applied (before dedup).
+    pub events: u64,
+    /// Events with `ts` below the watermark when they arrived (applied anyway).
+    pub late: u64,
+    /// Events ignored as duplicates.
+    pub duplicates: u64,
+    /// Messages rejected to `dead_letters` (malformed or older than the state retention).
+    pub dead_letters: u64,
+    /// Output changes handed to the sinks.
+    pub changes: u64,
+    /// The final watermark (file mode: the largest event time), if any event was seen.
+    pub final_watermark: Option<i64>,
+}
+
+impl RunReport {
+    fn add(&mut self, o: &RunReport) {
+        self.messages += o.messages;
+        self.events += o.events;
+        self.late += o.late;
+        self.duplicates += o.duplicates;
+        self.dead_letters += o.dead_letters;
+        self.changes += o.changes;
+        self.final_watermark = self.final_watermark.max(o.final_watermark);
+    }
+}
+
+fn dead_letter(msg: &RawMessage, reason: String) -> OutputRow {
+    OutputRow::DeadLetter(DeadLetterRow {
+        stream: msg.stream.name().to_string(),
+        position: msg.position.to_string(),
+        raw: raw_excerpt(&msg.payload),
+        reason,
+        seen_ts: wall_ms(),
+    })
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs `program` over bounded sources until they are exhausted, writing every output change
+/// to `sinks`. Event time ends at the largest `ts` seen: timers due later do not fire.
+pub fn run(
+    program: Arc<dyn Program>,
+    sources: SourceFactory,
+    sinks: Vec<Box<dyn Sink>>,
+    opts: RunOptions,
+) -> Result<RunReport, EngineError> {
+    let sinks = Arc::new(Mutex::new(Some(sinks)));
+    let config = timely::Config::process(opts.workers);
+    let guards = timely::execute(config, move |worker| {
+        run_worker(worker, program.as_ref(), &sources, &sinks, &opts)
+    })
+    .map_err(EngineError::Timely)?;
+    let mut total = RunReport::default();
+    for r in guards.join() {
+        let r = r.map_err(EngineError::Timely)??;
+        total.add(&r);
+    }
+    Ok(total)
+}
+
+/// The handles of a built dataflow.
+pub(crate) struct Built {
+    pub ev_in: InputSession<Time, Event, Diff>,
+    pub dl_in: InputSession<Time, OutRec, Diff>,
+    pub ctl_in: InputSession<Time, (u64, Time), Diff>,
+    pub probe: ProbeHandle<Time>,
+    pub buffer: Rc<RefCell<OutputBuffer>>,
+    pub limit: Rc<RefCell<Time>>,
+    pub dstats: Rc<RefCell<DedupStats>>,
+    pub global_max: Rc<Cell<Option<Time>>>,
+    pub ctl_done: Rc<Cell<bool>>,
+    pub dataflow_id: usize,
+}
+
+/// Builds the engine's dataflow around `program` on `worker`: event input → dedup → program →
+/// output stage (worker 0), a dead-letter input, and the control input that agrees on the end
+/// of event time.
+pub(crate) fn build_dataflow(
+    worker: &mut timely::worker::Worker,
+    program: &dyn Program,
+    settings: &Settings,
+) -> Result<Built, EngineError> {
+    let horizon = settings.dedup_horizon.0.max(0) as Time;
+    let buffer = Rc::new(RefCell::new(OutputBuffer::default()));
+    let limit = Rc::new(RefCell::new(Time::MAX));
+    let dstats = Rc::new(RefCell::new(DedupStats::default()));
+    let global_max: Rc<Cell<Option<Time>>> = Rc::new(Cell::new(None));
+    let ctl_done = Rc::new(Cell::new(false));
+    let build_error: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
+
+    let dataflow_id = worker.next_dataflow_index();
+    let (ev_in, dl_in, ctl_in, probe) = {
+        let (buffer, limit, dstats) = (buffer.clone(), limit.clone(), dstats.clone());
+        let (global_max, ctl_done, build_error) =
+            (global_max.clone(), ctl_done.clone(), build_error.clone());
+        worker.dataflow::<Time, _, _>(move |scope| {
+            let (ev_in, events) = scope.new_collection::<Event, Diff>();
+            let (dl_in, dead) = scope.new_collection::<OutRec, Diff>();
+            let (ctl_in, ctl) = scope.new_collection::<(u64, Time), Diff>();
+            let events = dedup(events, horizon, dstats);
+            let mut outs = match program.build(events, settings) {
+                Ok(o) => o,
+                Err(e) => {
+                    *build_error.borrow_mut() = Some(e);
+                    Vec::new()
+                }
+            };
+            outs.push(dead);
+            let all = differential_dataflow::collection::concatenate(scope, outs);
+            let (probe, all) = all.probe();
+            output_stage(all, buffer, limit);
+            // Control: every worker sends its largest event time to every worker, so all agree
+            // on where event time ends.
+            ctl.inner.sink(
+                Exchange::new(|((target, _), _, _): &((u64, Time), Time, Diff)| *target),
+                "GlobalMaxTs",
+                move |(input, frontier)| {
+                    input.for_each(|_, data: &mut Vec<((u64, Time), Time, Diff)>| {
+                        for ((_, m), _, r) in data.drain(..) {
+                            if r > 0 {
+                                global_max.set(Some(global_max.get().map_or(m, |g| g.max(m))));
+                            }
+                        }
+                    });
+                    if !frontier.frontier().less_equal(&0) {
+                        ctl_done.set(true);
+                    }
+                },
+            );
+            (ev_in, dl_in, ctl_in, probe)
+        })
+    };
+    if let Some(e) = build_error.borrow_mut().take() {
+        return Err(EngineError::Build(e));
+    }
+    Ok(Built {
+        ev_in,
+        dl_in,
+        ctl_in,
+        probe,
+        buffer,
+        limit,
+        dstats,
+        global_max,
+        ctl_done,
+        dataflow_id,
+    })
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    program: &dyn Program,
+    sources: &SourceFactory,
+    sinks: &Arc<Mutex<Option<Vec<Box<dyn Sink>>>>>,
+    opts: &RunOptions,
+) -> Result<RunReport, EngineError> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let settings = opts.settings.clone();
+    let lateness = settings.allowed_lateness.0.max(0) as Time;
+    let retention = settings.state_retention.0;
+
+    let mut sinks: Vec<Box<dyn Sink>> = if index == 0 {
+        sinks
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut source = sources(index, peers)?;
+
+    let Built {
+        mut ev_in,
+        mut dl_in,
+        mut ctl_in,
+        probe,
+        buffer,
+        limit,
+        dstats,
+        global_max,
+        ctl_done,
+        dataflow_id,
+    } = build_dataflow(worker, program, &settings)?;
+
+    let mut report = RunReport::default();
+    let mut max_ts: Option<i64> = None;
+    let mut history: std::collections::VecDeque<Time> = std::collections::VecDeque::new();
+    let started = Instant::now();
+    let mut last_log = Instant::now();
+    let mut now_w: Time = 0;
+
+    let deliver = |buffer: &Rc<RefCell<OutputBuffer>>,
+                   sinks: &mut Vec<Box<dyn Sink>>,
+                   report: &mut RunReport|
+     -> Result<(), EngineError> {
+        let (changes, frontier) = {
+            let mut b = buffer.borrow_mut();
+            if b.changes.is_empty() {
+                return Ok(());
+            }
+            (std::mem::take(&mut b.changes), b.frontier)
+        };
+        report.changes += changes.len() as u64;
+        let n = sinks.len();
+        let mut changes = Some(changes);
+        for (i, s) in sinks.iter_mut().enumerate() {
+            let batch = if i + 1 == n {
+                changes.take().unwrap_or_default()
+            } else {
+                changes.clone().unwrap_or_default()
+            };
+            s.write(batch, frontier.min(i64::MAX as Time) as i64)?;
+        }
+        Ok(())
+    };
+
+    loop {
+        match source.poll(opts.batch)? {
+            Poll::Finished => break,
+            Poll::Idle => {
+                worker.step_or_park(Some(Duration::from_millis(10)));
+            }
+            Poll::Messages(msgs) => {
+                let cur = *ev_in.time();
+                for msg in msgs {
+                    report.messages += 1;
+                    match parse_event(msg.stream, &msg.payload, &opts.parse) {
+                        Ok(e) => {
+                            if e.ts.saturating_add(retention) <= cur as i64 && cur > 0 {
+                                report.dead_letters += 1;
+                                let reason = format!(
+                                    "too late: ts {} is older than the watermark {} minus the state retention",
+                                    e.ts, cur
+                                );
+                                dl_in.update((dead_letter(&msg, reason), NEVER), 1);
+                                continue;
+                            }
+                            report.events += 1;
+                            let t = to_time(e.ts);
+                            if t < cur {
+                                report.late += 1;
+                            }
+                            max_ts = Some(max_ts.map_or(e.ts, |m| m.max(e.ts)));
+                            ev_in.update_at(e, t.max(cur), 1);
+                        }
+                        Err(reason) => {
+                            report.dead_letters += 1;
+                            dl_in.update((dead_letter(&msg, reason), NEVER), 1);
+                        }
+                    }
+                }
+                if let Some(m) = max_ts {
+                    let w = to_time(m).saturating_sub(lateness);
+                    if w > cur {
+                        ev_in.advance_to(w);
+                        dl_in.advance_to(w);
+                        now_w = w;
+                    }
+                }
+                ev_in.flush();
+                dl_in.flush();
+                // Bounded work in flight: wait until the dataflow has caught up with the input
+                // time of a few batches ago (back-pressure on the source).
+                history.push_back(*ev_in.time());
+                if history.len() > 4 {
+                    if let Some(t) = history.pop_front() {
+                        worker.step_while(|| probe.less_than(&t));
+                    }
+                }
+                worker.step();
+            }
+        }
+        if index == 0 {
+            deliver(&buffer, &mut sinks, &mut report)?;
+            if last_log.elapsed() >= opts.progress_every {
+                last_log = Instant::now();
+                let secs = started.elapsed().as_secs_f64().max(1e-9);
+                tracing::info!(
+                    worker = index,
+                    messages = report.messages,
+                    rate = (report.messages as f64 / secs) as u64,
+                    watermark = now_w,
+                    dead_letters = report.dead_letters,
+                    "progress"
+                );
+            }
+        }
+    }
+
+    // End of input: agree on the largest event time, move every input there, release it.
+    for target in 0..peers as u64 {
+        if let Some(m) = max_ts {
+            ctl_in.update((target, to_time(m)), 1);
+        }
+    }
+    ctl_in.advance_to(1);
+    ctl_in.flush();
+    worker.step_while(|| !ctl_done.get());
+    let end = global_max
+        .get()
+        .map(|m| m + 1)
+        .unwrap_or(1)
+        .max(*ev_in.time());
+    *limit.borrow_mut() = end;
+    ev_in.advance_to(end);
+    dl_in.advance_to(end);
+    ev_in.flush();
+    dl_in.flush();
+    worker.step_while(|| probe.less_than(&end));
+    if index == 0 {
+        while buffer.borrow().frontier < end {
+            worker.step();
+        }
+        deliver(&buffer, &mut sinks, &mut report)?;
+        for s in sinks.iter_mut() {
+            s.flush()?;
+        }
+    }
+    report.duplicates = dstats.borrow().duplicates;
+    report.final_watermark = global_max.get().map(|m| m as i64);
+    // Timers due after the end of event time must not fire, and the state's expiry
+    // retractions need no processing: drop the dataflow instead of closing its inputs.
+    worker.drop_dataflow(dataflow_id);
+    drop((ev_in, dl_in, ctl_in));
+    tracing::info!(
+        worker = index,
+        messages = report.messages,
+        secs = started.elapsed().as_secs_f64(),
+        "worker finished"
+    );
+    Ok(report)
+}

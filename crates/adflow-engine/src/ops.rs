@@ -1,0 +1,209 @@
+//! Engine operators: deduplication, timers (future-dated updates), expiry, and the output stage.
+
+use crate::{Col, Diff, OutRec, Time};
+use adflow_model::event::Event;
+use adflow_model::{Change, OutputRow};
+use differential_dataflow::collection::AsCollection;
+use differential_dataflow::difference::{Abelian, Semigroup};
+use differential_dataflow::Data;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+
+/// Moves every update of `col` to `max(time, when(data))`: a timer. The update becomes visible
+/// once the watermark passes `when(data)`; a retraction of the same data before then cancels it
+/// (both land on the same future time and consolidate away).
+pub fn delay_until<'s, D, R, F>(col: Col<'s, D, R>, name: &str, mut when: F) -> Col<'s, D, R>
+where
+    D: Data,
+    R: Semigroup + 'static,
+    F: FnMut(&D) -> Time + 'static,
+{
+    col.inner
+        .unary(Pipeline, name, move |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data: &mut Vec<(D, Time, R)>| {
+                    for (d, t, _) in data.iter_mut() {
+                        *t = (*t).max(when(d));
+                    }
+                    output.session(&cap).give_container(data);
+                })
+            }
+        })
+        .as_collection()
+}
+
+/// Adds to every update of `col` its own retraction at `max(time, expiry(data))`, so the record
+/// leaves the collection (and all state derived from it) at its expiry time. Expiry times that
+/// depend only on a grouping key (e.g. an hour bucket) let the retractions of many records
+/// consolidate into one.
+pub fn expire_at<'s, D, R, F>(col: Col<'s, D, R>, name: &str, expiry: F) -> Col<'s, D, R>
+where
+    D: Data,
+    R: Abelian + 'static,
+    F: FnMut(&D) -> Time + 'static,
+{
+    let retractions = delay_until(col.clone().negate(), name, expiry);
+    col.concat(retractions)
+}
+
+fn event_key_hash(e: &Event) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (e.body.stream().index() as u8).hash(&mut h);
+    e.event_id.hash(&mut h);
+    h.finish()
+}
+
+/// Counters a worker keeps about its dedup operator.
+#[derive(Clone, Debug, Default)]
+pub struct DedupStats {
+    pub duplicates: u64,
+    pub tracked: u64,
+}
+
+/// Drops duplicate events: a second event with the same stream and `event_id` is ignored until
+/// the watermark passes the first copy's logical time plus `horizon`. The logical time is the
+/// event's `ts` when it arrived on time (so for in-order input this is "within `horizon` of
+/// event time"), or the watermark at its arrival when it was late (so replays and shuffled input
+/// still catch redeliveries). State is bounded: a key is forgotten once the watermark is
+/// `horizon` past the time it was recorded at.
+///
+/// Events are exchanged by a hash of (stream, event_id), so copies meet on one worker.
+pub fn dedup<'s>(
+    events: Col<'s, Event>,
+    horizon: Time,
+    stats: Rc<RefCell<DedupStats>>,
+) -> Col<'s, Event> {
+    events
+        .inner
+        .unary_frontier(
+            Exchange::new(|(e, _, _): &(Event, Time, Diff)| event_key_hash(e)),
+            "Dedup",
+            move |_, _| {
+                let mut seen: HashSet<(u8, String)> = HashSet::new();
+                // Keys by the logical time they were recorded at (the first copy's time).
+                let mut by_time: BTreeMap<Time, Vec<(u8, String)>> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    let now = frontier
+                        .frontier()
+                        .iter()
+                        .copied()
+                        .min()
+                        .unwrap_or(Time::MAX);
+                    let mut st = stats.borrow_mut();
+                    input.for_each(|cap, data: &mut Vec<(Event, Time, Diff)>| {
+                        let mut session = output.session(&cap);
+                        for (e, t, r) in data.drain(..) {
+                            let key = (e.body.stream().index() as u8, e.event_id.clone());
+                            if seen.contains(&key) {
+                                st.duplicates += 1;
+                                continue;
+                            }
+                            seen.insert(key.clone());
+                            by_time.entry(t).or_default().push(key);
+                            session.give((e, t, r));
+                        }
+                    });
+                    // Forget keys recorded at or before `now − horizon`.
+                    if now >= horizon {
+                        let keep = by_time.split_off(&(now - horizon + 1));
+                        for (_, keys) in std::mem::replace(&mut by_time, keep) {
+                            for k in keys {
+                                seen.remove(&k);
+                            }
+                        }
+                    }
+                    st.tracked = seen.len() as u64;
+                }
+            },
+        )
+        .as_collection()
+}
+
+/// Changes released by the output stage, waiting for the driver to hand them to the sinks.
+#[derive(Debug, Default)]
+pub struct OutputBuffer {
+    /// Consolidated changes, in version order.
+    pub changes: Vec<Change>,
+    /// Every change with a version below this has been released.
+    pub frontier: Time,
+}
+
+/// The output stage: gathers every output record on worker 0, and whenever the frontier passes a
+/// time, releases that time's updates — dropping those at or after the row's freeze time,
+/// projecting to the row, consolidating, and ordering by version — into `buffer`. Nothing at or
+/// beyond `limit` is ever released (file mode stops event time at the last input timestamp, so
+/// timers due later never fire).
+pub fn output_stage<'s>(
+    records: Col<'s, OutRec>,
+    buffer: Rc<RefCell<OutputBuffer>>,
+    limit: Rc<RefCell<Time>>,
+) {
+    // Updates not yet released, by time: releasing splits the map, never scans what stays.
+    let mut pending: BTreeMap<Time, Vec<(OutRec, Diff)>> = BTreeMap::new();
+    let mut released: Time = 0;
+    records.inner.sink(
+        Exchange::new(|_: &(OutRec, Time, Diff)| 0),
+        "OutputStage",
+        move |(input, frontier)| {
+            input.for_each(|_cap, data: &mut Vec<(OutRec, Time, Diff)>| {
+                for (rec, t, r) in data.drain(..) {
+                    pending.entry(t).or_default().push((rec, r));
+                }
+            });
+            let upto = frontier
+                .frontier()
+                .iter()
+                .copied()
+                .min()
+                .unwrap_or(Time::MAX)
+                .min(*limit.borrow());
+            if upto <= released {
+                return;
+            }
+            let later = pending.split_off(&upto);
+            let due = std::mem::replace(&mut pending, later);
+            let mut ready: Vec<(OutputRow, Time, Diff)> = Vec::new();
+            for (t, updates) in due {
+                for ((row, freeze), r) in updates {
+                    if t < freeze {
+                        ready.push((row, t, r));
+                    }
+                }
+            }
+            consolidate_updates(&mut ready);
+            let mut buf = buffer.borrow_mut();
+            for (row, t, r) in ready {
+                let version = t.min(i64::MAX as Time) as i64;
+                let sign = if r > 0 { 1 } else { -1 };
+                for _ in 1..r.unsigned_abs() {
+                    buf.changes.push(Change {
+                        row: row.clone(),
+                        version,
+                        sign,
+                    });
+                }
+                buf.changes.push(Change { row, version, sign });
+            }
+            buf.frontier = upto;
+            released = upto;
+        },
+    );
+}
+
+/// Sorts and consolidates `(row, time, diff)` updates; drops zero sums.
+pub fn consolidate_updates(updates: &mut Vec<(OutputRow, Time, Diff)>) {
+    updates.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    let mut out: Vec<(OutputRow, Time, Diff)> = Vec::with_capacity(updates.len());
+    for (row, t, r) in updates.drain(..) {
+        match out.last_mut() {
+            Some(last) if last.1 == t && last.0 == row => last.2 += r,
+            _ => out.push((row, t, r)),
+        }
+    }
+    out.retain(|u| u.2 != 0);
+    *updates = out;
+}
