@@ -89,12 +89,19 @@ start() {
         exit 1
     fi
     local storage="memory://tansu/"
+    local workdir="$STATE"
     if [[ -n "$SQLITE" ]]; then
-        storage="sqlite://$(realpath -m "$SQLITE")"
+        # tansu opens sqlite://DOMAIN/PATH relative to its working directory: run it in the
+        # file's directory and name the file only.
+        local db
+        db="$(realpath -m "$SQLITE")"
+        mkdir -p "$(dirname "$db")"
+        workdir="$(dirname "$db")"
+        storage="sqlite:///$(basename "$db")"
     fi
-    # Run from the state directory so that tansu's dotenv does not pick up a stray .env.
+    # Run from the state (or database) directory; tansu also reads a .env file there if any.
     (
-        cd "$STATE"
+        cd "$workdir"
         exec env -u CLUSTER_ID -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u STORAGE_ENGINE \
             "$bin" broker \
             --listener-url "tcp://127.0.0.1:$PORT" \

@@ -128,11 +128,13 @@ fn two_sources_receive_every_line_exactly_once() {
 }
 
 /// Commit part of what was read, drop the consumer, start a new one: it resumes exactly after
-/// the committed offsets (only uncommitted messages come again).
+/// the committed offsets (only uncommitted messages come again). Runs on its own sqlite-backed
+/// tansu: the memory engine of tansu 0.6.0 cannot resume inside a record batch.
 #[test]
 fn new_source_resumes_after_committed_offsets() {
-    let Some(brokers) = brokers() else { return };
-    let config = fresh_config(&brokers, "resume");
+    let Some(_) = brokers() else { return };
+    let broker = SqliteBroker::start(0);
+    let config = fresh_config(&broker.addr, "resume");
     create_topics(&config, 4);
     let dir = tempfile::tempdir().unwrap();
     let lines = write_dataset(dir.path(), 30);
@@ -224,26 +226,8 @@ fn split_and_commit(
 #[test]
 fn sqlite_broker_restart_keeps_commits() {
     let Some(_) = brokers() else { return };
-    let state = tempfile::tempdir().unwrap();
-    let port = (19500 + std::process::id() % 400).to_string();
-    let db = state.path().join("tansu.db");
-    let db = db.to_str().unwrap();
-    struct Stop<'a>(&'a std::path::Path, String);
-    impl Drop for Stop<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("bash")
-                .arg(
-                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                        .join("../../scripts/services/tansu.sh"),
-                )
-                .args(["stop", "--port", &self.1])
-                .env("ADFLOW_TANSU_STATE", self.0)
-                .output();
-        }
-    }
-    let addr = tansu_script(state.path(), &["start", "--port", &port, "--sqlite", db]);
-    let _stop = Stop(state.path(), port.clone());
-    let config = fresh_config(&addr, "restart");
+    let broker = SqliteBroker::start(1);
+    let config = fresh_config(&broker.addr, "restart");
     create_topics(&config, 2);
     let dir = tempfile::tempdir().unwrap();
     let lines = write_dataset(dir.path(), 10);
@@ -259,8 +243,7 @@ fn sqlite_broker_restart_keeps_commits() {
         assert_eq!(got.len(), lines.len());
         split_and_commit(&mut a, got.into_iter().map(|(_, r)| r.raw).collect())
     };
-    tansu_script(state.path(), &["stop", "--port", &port]);
-    tansu_script(state.path(), &["start", "--port", &port, "--sqlite", db]);
+    broker.restart();
     let mut b = KafkaSource::new(&config, 0).unwrap();
     let again = consume(
         &mut [&mut b],

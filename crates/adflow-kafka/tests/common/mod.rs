@@ -155,3 +155,56 @@ pub fn tansu_script(state: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A tansu broker with sqlite storage started through `scripts/services/tansu.sh` on its own
+/// port, stopped on drop. Used where the test needs a restart, or resumes from an offset in the
+/// middle of a record batch (tansu 0.6.0's memory engine cannot fetch from there: it only
+/// returns batches whose base offset is at or after the fetch offset).
+pub struct SqliteBroker {
+    pub addr: String,
+    port: String,
+    db: String,
+    state: tempfile::TempDir,
+}
+
+impl SqliteBroker {
+    /// `slot` keeps the ports of tests running at the same time apart.
+    pub fn start(slot: u32) -> SqliteBroker {
+        let state = tempfile::tempdir().unwrap();
+        let port = (19500 + (std::process::id() % 100) * 4 + slot).to_string();
+        let db = state
+            .path()
+            .join("db")
+            .join("tansu.db")
+            .to_str()
+            .unwrap()
+            .to_string();
+        let addr = tansu_script(state.path(), &["start", "--port", &port, "--sqlite", &db]);
+        SqliteBroker {
+            addr,
+            port,
+            db,
+            state,
+        }
+    }
+
+    /// Stops the broker and starts it again on the same database.
+    pub fn restart(&self) {
+        tansu_script(self.state.path(), &["stop", "--port", &self.port]);
+        tansu_script(
+            self.state.path(),
+            &["start", "--port", &self.port, "--sqlite", &self.db],
+        );
+    }
+}
+
+impl Drop for SqliteBroker {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services/tansu.sh");
+        let _ = std::process::Command::new("bash")
+            .arg(script)
+            .args(["stop", "--port", &self.port])
+            .env("ADFLOW_TANSU_STATE", self.state.path())
+            .output();
+    }
+}
