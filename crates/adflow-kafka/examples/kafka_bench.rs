@@ -33,6 +33,9 @@ struct Args {
     /// Partitions per topic.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
+    /// Extra librdkafka property for the consumers, `key=value` (repeatable).
+    #[arg(long = "property", short = 'X')]
+    properties: Vec<String>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
@@ -51,6 +54,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = KafkaConfig::new(args.brokers.clone());
     config.topic_prefix = format!("bench{}.", now_ms());
     config.group_id = format!("{}group", config.topic_prefix);
+    for kv in &args.properties {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("--property wants key=value, got {kv}"))?;
+        config.properties.insert(k.to_string(), v.to_string());
+    }
     ensure_topics(&config, args.partitions, Duration::from_secs(30))?;
 
     let dir = tempfile::tempdir()?;

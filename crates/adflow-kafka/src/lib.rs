@@ -22,7 +22,10 @@ pub use config::{KafkaConfig, DEAD_LETTERS_TOPIC, MANAGED_PROPERTIES};
 pub use dead_letter::{DeadLetter, DeadLetterProducer, RAW_LIMIT};
 pub use error::KafkaError;
 pub use produce::{message_key, now_ms, produce, ProduceArgs, ProduceReport, StreamReport};
-pub use source::{CommitOutcome, KafkaSource, PartitionStatus, RebalanceEvent, SourceRecord};
+pub use source::{
+    CommitOutcome, KafkaSource, PartitionStatus, RebalanceEvent, SourceRecord,
+    DEFAULT_FETCH_WAIT_MS,
+};
 
 #[cfg(test)]
 mod tests {

@@ -46,6 +46,9 @@ use tracing::{debug, info, warn};
 
 use crate::{KafkaConfig, KafkaError};
 
+/// `fetch.wait.max.ms` used unless `properties` sets it (librdkafka's default is 500).
+pub const DEFAULT_FETCH_WAIT_MS: &str = "50";
+
 /// A change of this source's partition assignment, in the order librdkafka reported them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RebalanceEvent {
@@ -189,6 +192,11 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
+        // Brokers that hold a fetch for its full wait even when data arrives (tansu 0.6.0 does)
+        // would otherwise add up to librdkafka's default 500 ms to every message's latency.
+        if !config.properties.contains_key("fetch.wait.max.ms") {
+            cc.set("fetch.wait.max.ms", DEFAULT_FETCH_WAIT_MS);
+        }
         if !config.properties.contains_key("client.id") {
             cc.set("client.id", format!("adflow-{}-{worker}", config.group_id));
         }
