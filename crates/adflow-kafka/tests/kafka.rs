@@ -327,3 +327,61 @@ fn dead_letter_reaches_its_topic() {
     assert_eq!(back.position, "ad_events.jsonl:4");
     assert_eq!(back.topic, None);
 }
+
+/// A second member joins after the first read everything and committed half: the group
+/// rebalances, every uncommitted message is delivered again exactly once (to its new owner),
+/// the first source reports the revocation and no longer commits partitions it lost.
+#[test]
+fn rebalance_redelivers_uncommitted_work_only() {
+    let Some(_) = brokers() else { return };
+    let broker = SqliteBroker::start(2);
+    let config = fresh_config(&broker.addr, "rebalance");
+    create_topics(&config, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let lines = write_dataset(dir.path(), 20);
+    produce(&produce_args(dir.path(), &config)).unwrap();
+    let mut a = KafkaSource::new(&config, 0).unwrap();
+    let got = consume(
+        &mut [&mut a],
+        lines.len(),
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+    );
+    assert_eq!(got.len(), lines.len());
+    let (_, uncommitted) = split_and_commit(&mut a, got.into_iter().map(|(_, r)| r.raw).collect());
+    a.take_rebalance_events();
+
+    let mut b = KafkaSource::new(&config, 1).unwrap();
+    let expected_parts = all_partitions(4);
+    let mut again: Vec<Position> = settle(&mut [&mut a, &mut b], Duration::from_secs(60), |asg| {
+        let a: BTreeSet<_> = asg[0].iter().copied().collect();
+        let b: BTreeSet<_> = asg[1].iter().copied().collect();
+        !a.is_empty()
+            && !b.is_empty()
+            && a.is_disjoint(&b)
+            && a.union(&b).copied().collect::<BTreeSet<_>>() == expected_parts
+    })
+    .into_iter()
+    .map(|r| r.raw.position)
+    .collect();
+    let more = consume(
+        &mut [&mut a, &mut b],
+        uncommitted.len().saturating_sub(again.len()),
+        Duration::from_secs(30),
+        Duration::from_millis(1500),
+    );
+    again.extend(more.into_iter().map(|(_, r)| r.raw.position));
+    let unique: BTreeSet<Position> = again.iter().cloned().collect();
+    assert_eq!(
+        unique, uncommitted,
+        "exactly the uncommitted messages come again"
+    );
+    assert_eq!(again.len(), unique.len(), "each once");
+    assert!(a
+        .take_rebalance_events()
+        .iter()
+        .any(|e| matches!(e, RebalanceEvent::Revoked(_))));
+    let lost = *b.assignment().first().unwrap();
+    let outcome = a.commit(&[(lost.0, lost.1, 1)]).unwrap();
+    assert_eq!(outcome.skipped, vec![(lost.0, lost.1, 1)]);
+}
