@@ -28,6 +28,8 @@ enum Command {
     Run(RunArgs),
     /// Generate a realistic synthetic data set (the four input streams).
     Generate(adflow_gen::GenerateArgs),
+    /// Print the ClickHouse DDL (changelog tables, `<table>_current` views), or apply it.
+    Schema(SchemaArgs),
     /// Summarise the current contents of a file-mode output directory.
     Report(report::ReportArgs),
     /// Kdniao logistics connector: push receiver, queries, subscriptions, stand-in server.
@@ -50,6 +52,50 @@ struct RunArgs {
     /// Settings file (TOML); see docs/configuration.md.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Extra sink, `clickhouse=URL` (database `adflow`, or `?database=NAME` in the URL). The
+    /// schema is applied (idempotently) at start. Repeatable; file and ClickHouse sinks run
+    /// together.
+    #[arg(long = "sink", value_name = "KIND=URL")]
+    sinks: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct SchemaArgs {
+    /// Apply the migrations to this ClickHouse server instead of printing them.
+    #[arg(long, value_name = "URL")]
+    apply: Option<String>,
+    /// Database name.
+    #[arg(long, default_value = "adflow")]
+    database: String,
+}
+
+/// Splits `http://host:port/?database=db` into the server URL and the database.
+fn clickhouse_target(url: &str) -> (String, String) {
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let db = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("database="))
+                .unwrap_or("adflow");
+            (base.trim_end_matches('/').to_string(), db.to_string())
+        }
+        None => (url.trim_end_matches('/').to_string(), "adflow".to_string()),
+    }
+}
+
+fn extra_sink(spec: &str) -> Result<Box<dyn Sink>> {
+    let Some((kind, url)) = spec.split_once('=') else {
+        bail!("--sink {spec:?}: expected KIND=URL, e.g. clickhouse=http://127.0.0.1:8123");
+    };
+    match kind {
+        "clickhouse" => {
+            let (url, db) = clickhouse_target(url);
+            let mut cfg = adflow_clickhouse::ClickHouseConfig::new(url, db);
+            cfg.apply_schema = true;
+            Ok(Box::new(adflow_clickhouse::ClickHouseSink::new(cfg)?))
+        }
+        other => bail!("--sink {spec:?}: unknown sink kind {other:?} (known: clickhouse)"),
+    }
 }
 
 fn load_settings(path: Option<&PathBuf>) -> Result<Settings> {
@@ -77,7 +123,10 @@ fn cmd_run(args: RunArgs) -> Result<()> {
                 as Box<dyn adflow_engine::driver::Source>,
         )
     });
-    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(FileSink::create(&args.output)?)];
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(FileSink::create(&args.output)?)];
+    for spec in &args.sinks {
+        sinks.push(extra_sink(spec)?);
+    }
     let started = std::time::Instant::now();
     let report = run(
         Arc::new(adflow_pipelines::AdflowProgram),
@@ -133,6 +182,22 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Report(a) => report::report(&a),
+        Command::Schema(a) => match a.apply {
+            None => {
+                print!("{}", adflow_clickhouse::schema_sql(&a.database));
+                Ok(())
+            }
+            Some(url) => {
+                let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+                let (url, _) = clickhouse_target(&url);
+                let r = rt.block_on(adflow_clickhouse::apply_schema(&url, &a.database))?;
+                eprintln!(
+                    "adflow schema: applied {:?}, already applied {:?}",
+                    r.applied, r.already_applied
+                );
+                Ok(())
+            }
+        },
         Command::Kdniao(cmd) => {
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(adflow_kdniao::run(cmd))?;

@@ -251,6 +251,7 @@ fn run_worker(
     let settings = opts.settings.clone();
     let lateness = settings.allowed_lateness.0.max(0) as Time;
     let retention = settings.state_retention.0;
+    let tick = settings.tick.0.max(1) as Time;
 
     let mut sinks: Vec<Box<dyn Sink>> = if index == 0 {
         sinks
@@ -330,8 +331,8 @@ fn run_worker(
                                 continue;
                             }
                             report.events += 1;
-                            let t = to_time(e.ts);
-                            if t < cur {
+                            let t = to_time(e.ts).div_ceil(tick).saturating_mul(tick);
+                            if to_time(e.ts) < cur {
                                 report.late += 1;
                             }
                             max_ts = Some(max_ts.map_or(e.ts, |m| m.max(e.ts)));
@@ -390,9 +391,10 @@ fn run_worker(
     ctl_in.advance_to(1);
     ctl_in.flush();
     worker.step_while(|| !ctl_done.get());
+    // Events took effect at their tick, so event time ends at the last tick boundary reached.
     let end = global_max
         .get()
-        .map(|m| m + 1)
+        .map(|m| m.div_ceil(tick).saturating_mul(tick) + 1)
         .unwrap_or(1)
         .max(*ev_in.time());
     *limit.borrow_mut() = end;

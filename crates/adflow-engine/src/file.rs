@@ -3,39 +3,65 @@
 
 use crate::driver::{Poll, Source};
 use crate::EngineError;
-use adflow_model::event::{parse_event, ParseConfig};
+use adflow_model::event::{peek_ts, ParseConfig};
 use adflow_model::{Change, Position, RawMessage, Sink, SinkError, StreamKind, Table};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-/// Lines read from one file before the source looks at which file to read next.
-const CHUNK: usize = 1024;
-
 struct StreamFile {
     stream: StreamKind,
     name: String,
     reader: BufReader<File>,
     line: u64,
-    /// Event time of the last line of the last chunk that parsed; files are read in order of
-    /// this value, so the four streams advance through event time together.
-    head_ts: i64,
-    done: bool,
+    /// The next line (1-based number, bytes) and its event time: its own `ts` when it can be
+    /// read, else the previous line's.
+    next: Option<(i64, u64, Vec<u8>)>,
+    last_ts: i64,
+}
+
+impl StreamFile {
+    /// Reads the next line into `next` (or leaves it empty at the end).
+    fn fill(&mut self, zone: i32) -> Result<(), EngineError> {
+        self.next = None;
+        {
+            let mut buf = Vec::new();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| EngineError::Io {
+                    path: self.name.clone(),
+                    source: e,
+                })?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.line += 1;
+            while matches!(buf.last(), Some(b'\n') | Some(b'\r')) {
+                buf.pop();
+            }
+            if let Some(ts) = peek_ts(&buf, zone) {
+                self.last_ts = self.last_ts.max(ts);
+            }
+            self.next = Some((self.last_ts, self.line, buf));
+            return Ok(());
+        }
+    }
 }
 
 /// Reads `DIR/{ad_events,orders,logistics,identity}.jsonl` (a missing file is an empty stream).
 /// Worker `index` of `peers` takes the lines whose 0-based number `n` has `n % peers == index`;
-/// every worker reads in the same order. The files are read a chunk at a time, always from the
-/// file that is furthest behind in event time, so the watermark moves through the data in time
-/// order even though the streams are separate files. Blank lines are skipped (they carry no
-/// message); every other line becomes a message, malformed or not.
+/// every worker reads in the same order. The four files are merged line by line in event-time
+/// order (by a cheap look at each line's `ts`), so the watermark moves through the data in time
+/// order even though the streams are separate files: a sparse stream never pushes the watermark
+/// ahead of a dense one. Every line becomes a message, malformed (or blank) or not; only the
+/// newline that ends the file does not start another line.
 pub struct FileSource {
     files: Vec<StreamFile>,
     index: u64,
     peers: u64,
-    parse: ParseConfig,
-    buf: Vec<u8>,
+    zone: i32,
 }
 
 impl FileSource {
@@ -46,19 +72,24 @@ impl FileSource {
         peers: usize,
         parse: ParseConfig,
     ) -> Result<Self, EngineError> {
+        let zone = parse.zone_offset_minutes;
         let mut files = Vec::new();
         for stream in StreamKind::ALL {
             let name = format!("{}.jsonl", stream.name());
             let path = dir.join(&name);
             match File::open(&path) {
-                Ok(f) => files.push(StreamFile {
-                    stream,
-                    name,
-                    reader: BufReader::with_capacity(1 << 20, f),
-                    line: 0,
-                    head_ts: i64::MIN,
-                    done: false,
-                }),
+                Ok(f) => {
+                    let mut sf = StreamFile {
+                        stream,
+                        name,
+                        reader: BufReader::with_capacity(1 << 20, f),
+                        line: 0,
+                        next: None,
+                        last_ts: i64::MIN,
+                    };
+                    sf.fill(zone)?;
+                    files.push(sf);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     return Err(EngineError::Io {
@@ -72,8 +103,7 @@ impl FileSource {
             files,
             index: index as u64,
             peers: peers.max(1) as u64,
-            parse,
-            buf: Vec::new(),
+            zone,
         })
     }
 }
@@ -85,52 +115,26 @@ impl Source for FileSource {
             let Some(f) = self
                 .files
                 .iter_mut()
-                .filter(|f| !f.done)
-                .min_by_key(|f| (f.head_ts, f.stream))
+                .filter(|f| f.next.is_some())
+                .min_by_key(|f| (f.next.as_ref().map(|n| n.0), f.stream))
             else {
                 break;
             };
-            let mut last_line: Option<Vec<u8>> = None;
-            for _ in 0..CHUNK {
-                self.buf.clear();
-                let n = f
-                    .reader
-                    .read_until(b'\n', &mut self.buf)
-                    .map_err(|e| EngineError::Io {
-                        path: f.name.clone(),
-                        source: e,
-                    })?;
-                if n == 0 {
-                    f.done = true;
-                    break;
-                }
-                let n_line = f.line;
-                f.line += 1;
-                while matches!(self.buf.last(), Some(b'\n') | Some(b'\r')) {
-                    self.buf.pop();
-                }
-                if self.buf.iter().all(|b| b.is_ascii_whitespace()) {
-                    continue;
-                }
-                if n_line % self.peers == self.index {
+            if let Some((_, line, payload)) = f.next.take() {
+                if (line - 1) % self.peers == self.index {
                     out.push(RawMessage {
                         stream: f.stream,
                         position: Position::File {
                             file: f.name.clone(),
-                            line: n_line + 1,
+                            line,
                         },
-                        payload: self.buf.clone(),
+                        payload,
                     });
                 }
-                last_line = Some(std::mem::take(&mut self.buf));
             }
-            if let Some(l) = last_line {
-                if let Ok(e) = parse_event(f.stream, &l, &self.parse) {
-                    f.head_ts = f.head_ts.max(e.ts);
-                }
-            }
+            f.fill(self.zone)?;
         }
-        if out.is_empty() && self.files.iter().all(|f| f.done) {
+        if out.is_empty() && self.files.iter().all(|f| f.next.is_none()) {
             return Ok(Poll::Finished);
         }
         Ok(Poll::Messages(out))

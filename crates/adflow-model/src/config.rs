@@ -118,6 +118,11 @@ pub struct Settings {
     /// rows whose inputs expire are frozen (the expiry is not written as a retraction); input
     /// events older than `watermark − state_retention` are rejected to `dead_letters`.
     pub state_retention: Millis,
+    /// Engine tick (default 1 s): input events take effect at their `ts` rounded up to a
+    /// multiple of the tick, so all changes a tick causes to one row consolidate into one
+    /// retraction and one insertion. Timers keep their exact times. `"1ms"` gives per-millisecond
+    /// versions.
+    pub tick: Millis,
     /// Environment variable holding the phone HMAC secret (default `ADFLOW_PHONE_SECRET`;
     /// when unset a built-in development secret is used and a warning is logged).
     pub phone_secret_env: String,
@@ -143,6 +148,7 @@ impl Default for Settings {
             replenishment_delay: Millis(3 * DAY),
             time_zone: "+08:00".into(),
             state_retention: Millis(14 * DAY),
+            tick: Millis(SECOND),
             phone_secret_env: "ADFLOW_PHONE_SECRET".into(),
         }
     }
@@ -158,7 +164,8 @@ pub enum SettingsError {
 impl Settings {
     /// Parses settings from TOML text; missing fields keep their defaults.
     pub fn from_toml(text: &str) -> Result<Settings, SettingsError> {
-        let s: Settings = toml::from_str(text).map_err(|e| SettingsError::Invalid(e.to_string()))?;
+        let s: Settings =
+            toml::from_str(text).map_err(|e| SettingsError::Invalid(e.to_string()))?;
         s.validate()?;
         Ok(s)
     }
@@ -173,12 +180,14 @@ impl Settings {
             ("cpc_window", self.cpc_window),
             ("no_impression_window", self.no_impression_window),
             ("state_retention", self.state_retention),
+            ("tick", self.tick),
         ] {
             if v.0 <= 0 {
                 return bad(format!("{name} must be positive"));
             }
         }
-        if self.allowed_lateness.0 < 0 || self.dedup_horizon.0 < 0 || self.replenishment_delay.0 < 0 {
+        if self.allowed_lateness.0 < 0 || self.dedup_horizon.0 < 0 || self.replenishment_delay.0 < 0
+        {
             return bad("durations must not be negative".into());
         }
         if self.cpc_baseline_windows == 0 || self.no_impression_lookback == 0 {
@@ -221,7 +230,8 @@ mod tests {
 
     #[test]
     fn defaults_and_overrides() {
-        let s = Settings::from_toml("attribution_window = \"3d\"\nmodels = [\"last_click\"]\n").unwrap();
+        let s = Settings::from_toml("attribution_window = \"3d\"\nmodels = [\"last_click\"]\n")
+            .unwrap();
         assert_eq!(s.attribution_window, Millis(3 * DAY));
         assert_eq!(s.models, vec![Model::LastClick]);
         assert_eq!(s.stall_threshold, Millis(24 * HOUR));

@@ -120,7 +120,9 @@ impl Body {
     pub fn stream(&self) -> StreamKind {
         match self {
             Body::Impression { .. } | Body::Click { .. } => StreamKind::AdEvents,
-            Body::Order { .. } | Body::OrderStatus { .. } | Body::Shipment { .. } => StreamKind::Orders,
+            Body::Order { .. } | Body::OrderStatus { .. } | Body::Shipment { .. } => {
+                StreamKind::Orders
+            }
             Body::Track { .. } => StreamKind::Logistics,
             Body::Link { .. } => StreamKind::Identity,
         }
@@ -609,5 +611,51 @@ mod tests {
         let long = "é".repeat(5000);
         let ex = raw_excerpt(long.as_bytes());
         assert!(ex.len() <= 4096 && ex.chars().all(|c| c == 'é'));
+    }
+}
+
+/// A cheap look at a raw message's `ts` (epoch ms) without parsing the whole object: used to
+/// read several files in event-time order. `None` when it cannot be found or read (the full
+/// parse decides what is wrong with the message).
+pub fn peek_ts(raw: &[u8], zone_offset_minutes: i32) -> Option<i64> {
+    let key = b"\"ts\"";
+    let at = raw.windows(key.len()).position(|w| w == key)? + key.len();
+    let rest = &raw[at..];
+    let mut i = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    if rest[i] != b':' {
+        return None;
+    }
+    i += 1;
+    i += rest[i..].iter().position(|b| !b.is_ascii_whitespace())?;
+    let v = &rest[i..];
+    if v.first() == Some(&b'"') {
+        let end = v[1..].iter().position(|b| *b == b'"')? + 1;
+        let s = std::str::from_utf8(&v[1..end]).ok()?;
+        parse_ts_text(s, zone_offset_minutes).ok()
+    } else {
+        let end = v
+            .iter()
+            .position(|b| !(b.is_ascii_digit() || *b == b'-'))
+            .unwrap_or(v.len());
+        std::str::from_utf8(&v[..end]).ok()?.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod peek_tests {
+    use super::peek_ts;
+
+    #[test]
+    fn peeks_all_forms() {
+        assert_eq!(
+            peek_ts(br#"{"type":"x","ts": 1234,"a":1}"#, 480),
+            Some(1234)
+        );
+        assert_eq!(
+            peek_ts(br#"{"ts":"2024-06-01 08:00:00"}"#, 480),
+            Some(1_717_200_000_000)
+        );
+        assert_eq!(peek_ts(br#"{"ts":true}"#, 480), None);
+        assert_eq!(peek_ts(br#"{"nots":1}"#, 480), None);
     }
 }
