@@ -158,23 +158,25 @@ fn late_link_corrects_attribution() {
             ),
         ]
     );
-    // The campaign's hour now counts the order: the old row is retracted, the new one added.
+    // Orders count in the hour of `order_ts` (T0 + 1 h), not the click's hour: that hour's row
+    // appears for campaign A with the order and its GMV; the click's hour is untouched.
     let m = of(&steps[1], Table::CampaignMetrics);
-    assert_eq!(m.len(), 2, "{m:#?}");
-    let OutputRow::CampaignMetrics(new) = &m.iter().find(|x| x.2 == 1).unwrap().0 else {
-        panic!()
+    assert_eq!(m.len(), 1, "{m:#?}");
+    let (OutputRow::CampaignMetrics(new), version, 1) = &m[0] else {
+        panic!("{m:#?}")
     };
+    assert_eq!(*version, T0 + 3 * H);
     assert_eq!(
         (
+            new.campaign_id.as_str(),
             new.hour,
             new.clicks,
             new.orders,
             new.gmv_fen,
-            new.click_cost_fen
+            new.cpc_fen
         ),
-        (T0, 1, 1, 10_000, 100)
+        ("A", T0 + H, 0, 1, 10_000, None)
     );
-    assert_eq!(new.cpc_fen, Some(Fixed(10_000)));
 }
 
 #[test]
@@ -193,9 +195,12 @@ fn refusal_flips_delivery_and_decides_a_substitute() {
             T0 + 5 * H,
         ),
     ]);
-    let last = of(&steps[0], Table::OrderStatus);
+    let inserted: Vec<_> = of(&steps[0], Table::OrderStatus)
+        .into_iter()
+        .filter(|c| c.2 == 1)
+        .collect();
     assert_eq!(
-        last.last().unwrap(),
+        inserted.last().unwrap(),
         &(
             status_row(
                 "o2",
