@@ -86,7 +86,7 @@ impl Pipeline for Anomalies {
 
         // cpc_spike
         let (cw, ret) = (p.cpc_window, p.retention);
-        let clicks = cx.events.clone().flat_map(move |e| match e.body {
+        let clicks = cx.by_type.clicks.clone().flat_map(move |e| match e.body {
             Body::Click {
                 campaign_id,
                 cost_fen,
@@ -156,10 +156,14 @@ impl Pipeline for Anomalies {
 
         // no_impressions
         let nw = p.noimp_window;
-        let imps = cx.events.clone().flat_map(move |e| match e.body {
-            Body::Impression { campaign_id, .. } => Some((campaign_id, window_start(e.ts, nw))),
-            _ => None,
-        });
+        let imps = cx
+            .by_type
+            .impressions
+            .clone()
+            .flat_map(move |e| match e.body {
+                Body::Impression { campaign_id, .. } => Some((campaign_id, window_start(e.ts, nw))),
+                _ => None,
+            });
         let imps = expire_at(
             imps,
             "ExpireImpressionWindows",

@@ -123,7 +123,7 @@ impl Pipeline for Attribution {
         let labels = need!(cx, labels, SharedName::Labels);
         let p = cx.params.clone();
 
-        let clicks = cx.events.clone().flat_map(|e| match e.body {
+        let clicks = cx.by_type.clicks.clone().flat_map(|e| match e.body {
             Body::Click {
                 campaign_id,
                 channel,
@@ -145,7 +145,7 @@ impl Pipeline for Attribution {
             Params::at(c.ts, win.saturating_add(ret))
         });
 
-        let orders = cx.events.clone().flat_map(|e| match e.body {
+        let orders = cx.by_type.orders.clone().flat_map(|e| match e.body {
             Body::Order {
                 order_id,
                 user_id,

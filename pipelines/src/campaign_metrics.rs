@@ -71,39 +71,44 @@ impl Pipeline for CampaignMetrics {
         let ret = cx.params.retention;
 
         // Ad contributions, keyed by their own hour; expiring per key.
-        let ads: Col<'_, (MetricsKey, Metrics)> = cx.events.clone().flat_map(|e| {
-            let hour = window_start(e.ts, HOUR);
-            match e.body {
-                Body::Impression {
-                    campaign_id,
-                    channel,
-                    cost_fen,
-                    ..
-                } => Some((
-                    (campaign_id, channel, hour),
-                    Metrics {
-                        impressions: 1,
+        let ads: Col<'_, (MetricsKey, Metrics)> = cx
+            .by_type
+            .impressions
+            .clone()
+            .concat(cx.by_type.clicks.clone())
+            .flat_map(|e| {
+                let hour = window_start(e.ts, HOUR);
+                match e.body {
+                    Body::Impression {
+                        campaign_id,
+                        channel,
                         cost_fen,
-                        ..Metrics::default()
-                    },
-                )),
-                Body::Click {
-                    campaign_id,
-                    channel,
-                    cost_fen,
-                    ..
-                } => Some((
-                    (campaign_id, channel, hour),
-                    Metrics {
-                        clicks: 1,
+                        ..
+                    } => Some((
+                        (campaign_id, channel, hour),
+                        Metrics {
+                            impressions: 1,
+                            cost_fen,
+                            ..Metrics::default()
+                        },
+                    )),
+                    Body::Click {
+                        campaign_id,
+                        channel,
                         cost_fen,
-                        click_cost_fen: cost_fen,
-                        ..Metrics::default()
-                    },
-                )),
-                _ => None,
-            }
-        });
+                        ..
+                    } => Some((
+                        (campaign_id, channel, hour),
+                        Metrics {
+                            clicks: 1,
+                            cost_fen,
+                            click_cost_fen: cost_fen,
+                            ..Metrics::default()
+                        },
+                    )),
+                    _ => None,
+                }
+            });
         let ads = ads.explode(|(k, m)| Some((k, m)));
         let ads = expire_at(ads, "ExpireAdMetrics", move |k: &MetricsKey| {
             Params::at(k.2, ret)

@@ -47,8 +47,11 @@ impl Pipeline for Identity {
 
     fn build(&self, cx: &mut Context<'_>) -> Result<(), String> {
         let edges = cx
-            .events
+            .by_type
+            .links
             .clone()
+            .concat(cx.by_type.clicks.clone())
+            .concat(cx.by_type.orders.clone())
             .flat_map(|e| {
                 let mut out: Vec<(String, String)> = Vec::new();
                 match e.body {
@@ -83,7 +86,7 @@ impl Pipeline for Identity {
                     .flat_map(|(a, b)| [(a.clone(), b.clone()), (b, a)])
             })
             .distinct();
-        let order_users = cx.events.clone().flat_map(|e| match e.body {
+        let order_users = cx.by_type.orders.clone().flat_map(|e| match e.body {
             Body::Order { user_id, .. } => user_node(&user_id),
             _ => None,
         });

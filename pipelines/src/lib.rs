@@ -71,13 +71,66 @@ pub struct Shared<'s> {
     pub order_state: Option<Col<'s, (String, OrderState)>>,
 }
 
+/// The deduplicated input events by type.
+pub struct EventsByType<'s> {
+    pub impressions: Col<'s, Event>,
+    pub clicks: Col<'s, Event>,
+    pub orders: Col<'s, Event>,
+    pub statuses: Col<'s, Event>,
+    pub shipments: Col<'s, Event>,
+    pub tracks: Col<'s, Event>,
+    pub links: Col<'s, Event>,
+}
+
+impl<'s> EventsByType<'s> {
+    /// Splits `events` by type in one pass (no copies).
+    pub fn split(events: Col<'s, Event>) -> Result<EventsByType<'s>, String> {
+        use adflow_engine::{Diff, Time};
+        use adflow_model::event::Body;
+        use differential_dataflow::collection::AsCollection;
+        use timely::container::CapacityContainerBuilder;
+        use timely::dataflow::operators::core::Partition;
+        let parts = events
+            .inner
+            .partition::<CapacityContainerBuilder<Vec<(Event, Time, Diff)>>, _, _>(
+                7,
+                |(e, t, r)| {
+                    let i = match e.body {
+                        Body::Impression { .. } => 0,
+                        Body::Click { .. } => 1,
+                        Body::Order { .. } => 2,
+                        Body::OrderStatus { .. } => 3,
+                        Body::Shipment { .. } => 4,
+                        Body::Track { .. } => 5,
+                        Body::Link { .. } => 6,
+                    };
+                    (i, (e, t, r))
+                },
+            );
+        let c: Vec<Col<'s, Event>> = parts.into_iter().map(|s| s.as_collection()).collect();
+        let [impressions, clicks, orders, statuses, shipments, tracks, links]: [Col<'s, Event>; 7] =
+            c.try_into()
+                .map_err(|_| "partition did not yield 7 streams".to_string())?;
+        Ok(EventsByType {
+            impressions,
+            clicks,
+            orders,
+            statuses,
+            shipments,
+            tracks,
+            links,
+        })
+    }
+}
+
 /// What a module builds from and into.
 pub struct Context<'s> {
     pub settings: Settings,
     /// Derived numbers of the settings.
     pub params: Params,
-    /// The deduplicated input events.
-    pub events: Col<'s, Event>,
+    /// The deduplicated input events, split by type once (so each module receives, and
+    /// clones, only the events it reads).
+    pub by_type: EventsByType<'s>,
     pub shared: Shared<'s>,
     /// Output records, any table.
     pub outputs: Vec<Col<'s, OutRec>>,
@@ -151,7 +204,7 @@ impl Program for AdflowProgram {
         let mut cx = Context {
             settings: settings.clone(),
             params: Params::from_settings(settings)?,
-            events,
+            by_type: EventsByType::split(events)?,
             shared: Shared::default(),
             outputs: Vec::new(),
         };

@@ -165,7 +165,7 @@ impl Pipeline for Logistics {
         let p = cx.params.clone();
 
         let p1 = p.clone();
-        let shipments = cx.events.clone().flat_map(|e| match e.body {
+        let shipments = cx.by_type.shipments.clone().flat_map(|e| match e.body {
             Body::Shipment {
                 order_id,
                 shipper_code,
@@ -193,7 +193,7 @@ impl Pipeline for Logistics {
         });
 
         let p2 = p.clone();
-        let tracks = cx.events.clone().flat_map(|e| match e.body {
+        let tracks = cx.by_type.tracks.clone().flat_map(|e| match e.body {
             Body::Track {
                 logistic_code,
                 state,

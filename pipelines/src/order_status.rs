@@ -135,7 +135,7 @@ impl Pipeline for OrderStatus {
         let p = cx.params.clone();
 
         let p1 = p.clone();
-        let flags = cx.events.clone().flat_map(|e| match e.body {
+        let flags = cx.by_type.statuses.clone().flat_map(|e| match e.body {
             Body::OrderStatus { order_id, flag } => Some((order_id, OrderFact::Flag(flag, e.ts))),
             _ => None,
         });
