@@ -219,7 +219,7 @@ impl Pipeline for Attribution {
             )
         });
         let candidates = candidates.flat_map(move |(k, c)| {
-            (k.order_ts - window <= c.ts && c.ts <= k.order_ts).then(|| {
+            (k.order_ts - window <= c.ts && c.ts <= k.order_ts).then_some({
                 (
                     k,
                     Candidate {
@@ -269,7 +269,7 @@ impl Pipeline for Attribution {
         });
 
         let last_click = rows.clone().flat_map(|(_, r)| {
-            (r.model == "last_click").then(|| {
+            (r.model == "last_click").then_some({
                 (
                     r.order_id,
                     LastClick {

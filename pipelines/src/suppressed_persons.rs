@@ -33,7 +33,7 @@ impl Pipeline for SuppressedPersons {
     fn build(&self, cx: &mut Context<'_>) -> Result<(), String> {
         let person_intervals = need!(cx, person_intervals, SharedName::PersonIntervals);
         let open = person_intervals
-            .flat_map(|(person, i)| i.closed.is_none().then(|| ((person, i.kind), i.opened)))
+            .flat_map(|(person, i)| i.closed.is_none().then_some(((person, i.kind), i.opened)))
             .reduce_named(
                 "SuppressedSince",
                 |_k, opened, out: &mut Vec<(i64, Diff)>| {

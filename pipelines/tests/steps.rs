@@ -71,6 +71,7 @@ fn status(order: &str, ts: i64, status: &str) -> String {
     )
 }
 
+#[allow(clippy::too_many_arguments)] // one argument per column of the row under test
 fn status_row(
     order: &str,
     user: &str,

@@ -44,6 +44,9 @@ pub fn current(dir: &Path, table: Table) -> Result<Vec<OutputRow>> {
     Ok(rows)
 }
 
+/// Per (campaign, channel): gmv, orders, cost, signed, refused.
+type CampaignTotals = (i64, i64, i64, i64, i64);
+
 fn yuan(fen: i64) -> String {
     format!("{}.{:02}", fen / 100, (fen % 100).abs())
 }
@@ -58,7 +61,7 @@ pub fn report(a: &ReportArgs) -> Result<()> {
         all.insert(t, rows);
     }
     // Top campaigns by last-click attributed GMV.
-    let mut gmv: HashMap<(String, String), (i64, i64, i64, i64, i64)> = HashMap::new();
+    let mut gmv: HashMap<(String, String), CampaignTotals> = HashMap::new();
     for r in &all[&Table::CampaignMetrics] {
         if let OutputRow::CampaignMetrics(m) = r {
             let e = gmv

@@ -36,6 +36,9 @@ pub trait Source {
 pub type SourceFactory =
     Arc<dyn Fn(usize, usize) -> Result<Box<dyn Source>, EngineError> + Send + Sync>;
 
+/// The sinks, handed to worker 0 when it starts.
+type SharedSinks = Arc<Mutex<Option<Vec<Box<dyn Sink>>>>>;
+
 /// How to run.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -136,7 +139,7 @@ pub fn run(
     sinks: Vec<Box<dyn Sink>>,
     opts: RunOptions,
 ) -> Result<RunReport, EngineError> {
-    let sinks = Arc::new(Mutex::new(Some(sinks)));
+    let sinks: SharedSinks = Arc::new(Mutex::new(Some(sinks)));
     let config = timely::Config::process(opts.workers);
     let guards = timely::execute(config, move |worker| {
         run_worker(worker, program.as_ref(), &sources, &sinks, &opts)
@@ -243,7 +246,7 @@ fn run_worker(
     worker: &mut timely::worker::Worker,
     program: &dyn Program,
     sources: &SourceFactory,
-    sinks: &Arc<Mutex<Option<Vec<Box<dyn Sink>>>>>,
+    sinks: &SharedSinks,
     opts: &RunOptions,
 ) -> Result<RunReport, EngineError> {
     let index = worker.index();

@@ -25,28 +25,26 @@ impl StreamFile {
     /// Reads the next line into `next` (or leaves it empty at the end).
     fn fill(&mut self, zone: i32) -> Result<(), EngineError> {
         self.next = None;
-        {
-            let mut buf = Vec::new();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut buf)
-                .map_err(|e| EngineError::Io {
-                    path: self.name.clone(),
-                    source: e,
-                })?;
-            if n == 0 {
-                return Ok(());
-            }
-            self.line += 1;
-            while matches!(buf.last(), Some(b'\n') | Some(b'\r')) {
-                buf.pop();
-            }
-            if let Some(ts) = peek_ts(&buf, zone) {
-                self.last_ts = self.last_ts.max(ts);
-            }
-            self.next = Some((self.last_ts, self.line, buf));
+        let mut buf = Vec::new();
+        let n = self
+            .reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| EngineError::Io {
+                path: self.name.clone(),
+                source: e,
+            })?;
+        if n == 0 {
             return Ok(());
         }
+        self.line += 1;
+        while matches!(buf.last(), Some(b'\n') | Some(b'\r')) {
+            buf.pop();
+        }
+        if let Some(ts) = peek_ts(&buf, zone) {
+            self.last_ts = self.last_ts.max(ts);
+        }
+        self.next = Some((self.last_ts, self.line, buf));
+        Ok(())
     }
 }
 
