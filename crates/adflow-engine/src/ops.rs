@@ -65,11 +65,10 @@ pub struct DedupStats {
 }
 
 /// Drops duplicate events: a second event with the same stream and `event_id` is ignored until
-/// the watermark passes the first copy's logical time plus `horizon`. The logical time is the
-/// event's `ts` when it arrived on time (so for in-order input this is "within `horizon` of
-/// event time"), or the watermark at its arrival when it was late (so replays and shuffled input
-/// still catch redeliveries). State is bounded: a key is forgotten once the watermark is
-/// `horizon` past the time it was recorded at.
+/// the watermark passes `horizon` beyond the largest event time seen when the first copy arrived.
+/// For in-order input that is "within `horizon` of event time"; for replays and shuffled input,
+/// where the watermark barely moves, redeliveries keep being caught. State is bounded: a key is
+/// forgotten once the watermark is `horizon` past the time it was recorded at.
 ///
 /// Events are exchanged by a hash of (stream, event_id), so copies meet on one worker.
 pub fn dedup<'s>(
@@ -86,6 +85,9 @@ pub fn dedup<'s>(
                 let mut seen: HashSet<(u8, String)> = HashSet::new();
                 // Keys by the logical time they were recorded at (the first copy's time).
                 let mut by_time: BTreeMap<Time, Vec<(u8, String)>> = BTreeMap::new();
+                // The largest logical time seen so far: keys are recorded at it, so a replay or a
+                // shuffled file (where the watermark barely moves) keeps catching redeliveries.
+                let mut high: Time = 0;
                 move |(input, frontier), output| {
                     let now = frontier
                         .frontier()
@@ -103,7 +105,8 @@ pub fn dedup<'s>(
                                 continue;
                             }
                             seen.insert(key.clone());
-                            by_time.entry(t).or_default().push(key);
+                            high = high.max(t);
+                            by_time.entry(high).or_default().push(key);
                             session.give((e, t, r));
                         }
                     });
