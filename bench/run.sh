@@ -18,7 +18,7 @@ DAYS="${DAYS:-7}"
 DAYS_LIST="${DAYS_LIST:-3 6 12}"
 MEM_USERS="${MEM_USERS:-5000}"
 mkdir -p "$WORK"
-command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time; }
+command -v /usr/bin/time >/dev/null && command -v bc >/dev/null || { apt-get update -qq && apt-get install -y -qq time bc; }
 
 measure() { # measure NAME INPUT WORKERS [CONFIG]
     local name="$1" input="$2" workers="$3" config="${4:-}"

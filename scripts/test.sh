@@ -13,6 +13,8 @@ need_pkgs=()
 for p in gcc g++ make perl pkg-config; do
     command -v "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
+# zlib headers for rdkafka's bundled librdkafka (feature `libz`).
+dpkg -s zlib1g-dev >/dev/null 2>&1 || need_pkgs+=(zlib1g-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     log "installing ${need_pkgs[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
