@@ -2,7 +2,7 @@
 //! exactly which changes each step releases — the `(row, version, sign)` deltas.
 
 use crate::driver::build_dataflow;
-use crate::{to_time, EngineError, Program, Time, NEVER};
+use crate::{to_time, EngineError, Program, NEVER};
 use adflow_model::config::Settings;
 use adflow_model::event::{parse_event, ParseConfig};
 use adflow_model::output::DeadLetterRow;
@@ -79,7 +79,6 @@ pub fn run_steps(
             out.push(changes);
         }
         worker.drop_dataflow(b.dataflow_id);
-        let _: Time = *b.limit.borrow();
         Ok(out)
     })
 }
