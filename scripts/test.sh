@@ -21,10 +21,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 # Start the tansu install first: it is the longest step and runs while we build.
+mkdir -p "$CARGO_TARGET_DIR"
 log "installing tansu (skipped when present)"
 bash scripts/services/tansu.sh install > "$CARGO_TARGET_DIR/tansu-install.log" 2>&1 &
 TANSU_INSTALL=$!
-mkdir -p "$CARGO_TARGET_DIR"
 
 cleanup() {
     bash scripts/services/tansu.sh stop >/dev/null 2>&1 || true
