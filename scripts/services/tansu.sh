@@ -71,8 +71,10 @@ install() {
     command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1 || {
         apt-get update -qq && apt-get install -y -qq build-essential pkg-config
     }
-    cargo install tansu --version "$TANSU_VERSION" --features dynostore,libsql --locked ||
-        cargo install tansu --version "$TANSU_VERSION" --features dynostore,libsql
+    # Its own (temporary) target dir: sharing the workspace's would serialize this install behind
+    # the workspace build on the build-directory lock.
+    env -u CARGO_TARGET_DIR cargo install tansu --version "$TANSU_VERSION" --features dynostore,libsql --locked ||
+        env -u CARGO_TARGET_DIR cargo install tansu --version "$TANSU_VERSION" --features dynostore,libsql
 }
 
 start() {
