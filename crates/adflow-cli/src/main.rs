@@ -11,6 +11,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// The dataflow allocates and frees many small records per event; glibc malloc spent about a
+/// third of a file-mode run in its own bookkeeping (bench/RESULTS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "adflow",

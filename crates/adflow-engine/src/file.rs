@@ -190,15 +190,15 @@ impl Sink for FileSink {
     }
 
     fn write(&mut self, changes: Vec<Change>, frontier: i64) -> Result<(), SinkError> {
+        let mut line = Vec::with_capacity(512);
         for c in &changes {
             if let Some(w) = self.writers.get_mut(&c.row.table()) {
-                let line = c.to_json_line();
-                w.write_all(line.as_bytes())
-                    .and_then(|_| w.write_all(b"\n"))
-                    .map_err(|e| SinkError::Io {
-                        sink: "file".into(),
-                        source: e,
-                    })?;
+                line.clear();
+                c.write_json_line(&mut line);
+                w.write_all(&line).map_err(|e| SinkError::Io {
+                    sink: "file".into(),
+                    source: e,
+                })?;
                 self.written += 1;
             }
         }

@@ -8,7 +8,7 @@
 //! ([`Fixed`]) are held as scaled integers and written as JSON numbers with their scale, so no
 //! floating-point value ever sits on a money path.
 
-use serde::ser::{SerializeMap, Serializer};
+use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -337,25 +337,47 @@ pub struct Change {
 }
 
 impl Change {
-    /// The file-mode changelog line: all of the row's fields plus `version` and `sign`.
+    /// The file-mode changelog line: all of the row's fields (in the row struct's order)
+    /// plus `version` and `sign`, without a trailing newline.
     pub fn to_json_line(&self) -> String {
-        struct Line<'a>(&'a Change);
-        impl Serialize for Line<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let fields = self.0.row.to_json();
-                let obj = fields.as_object();
-                let mut map = s.serialize_map(Some(obj.map_or(0, |o| o.len()) + 2))?;
-                if let Some(obj) = obj {
-                    for (k, v) in obj {
-                        map.serialize_entry(k, v)?;
-                    }
-                }
-                map.serialize_entry("version", &self.0.version)?;
-                map.serialize_entry("sign", &self.0.sign)?;
-                map.end()
-            }
+        let mut out = Vec::with_capacity(256);
+        self.write_json_line(&mut out);
+        out.pop(); // the newline
+        // `write_json_line` writes serde_json output and ASCII only.
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends the changelog line of [`Change::to_json_line`] and a `\n` to `out`. The row is
+    /// serialized straight into `out` (no intermediate JSON value); `version` and `sign` are
+    /// spliced in before the closing brace.
+    pub fn write_json_line(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        let res = match &self.row {
+            OutputRow::Attribution(r) => serde_json::to_writer(&mut *out, r),
+            OutputRow::OrderStatus(r) => serde_json::to_writer(&mut *out, r),
+            OutputRow::CampaignMetrics(r) => serde_json::to_writer(&mut *out, r),
+            OutputRow::Anomaly(r) => serde_json::to_writer(&mut *out, r),
+            OutputRow::Trigger(r) => serde_json::to_writer(&mut *out, r),
+            OutputRow::SuppressedPerson(r) => serde_json::to_writer(&mut *out, r),
+            OutputRow::DeadLetter(r) => serde_json::to_writer(&mut *out, r),
+        };
+        // Serializing these plain structs cannot fail (string keys; strings, integers,
+        // booleans or well-formed JSON text as values); should it, the line keeps only
+        // version and sign rather than being half written.
+        let wrote_fields = res.is_ok() && out.len() > start + 2 && out.last() == Some(&b'}');
+        if wrote_fields {
+            out.pop();
+            out.push(b',');
+        } else {
+            out.truncate(start);
+            out.push(b'{');
         }
-        serde_json::to_string(&Line(self)).unwrap_or_default()
+        let mut v = itoa::Buffer::new();
+        out.extend_from_slice(b"\"version\":");
+        out.extend_from_slice(v.format(self.version).as_bytes());
+        out.extend_from_slice(b",\"sign\":");
+        out.extend_from_slice(v.format(self.sign).as_bytes());
+        out.extend_from_slice(b"}\n");
     }
 
     /// Parses a changelog line of `table` as written by [`Change::to_json_line`].
@@ -405,6 +427,29 @@ mod tests {
             "{line}"
         );
         assert_eq!(Change::from_json_line(Table::Triggers, &line).unwrap(), c);
+    }
+
+    #[test]
+    fn change_line_is_exact_json() {
+        let c = Change {
+            row: OutputRow::SuppressedPerson(SuppressedPersonRow {
+                person_id: "u\"1".into(),
+                reason: "stalled_parcel".into(),
+                since_ts: 12,
+            }),
+            version: -3,
+            sign: 1,
+        };
+        let mut out = b"prefix".to_vec();
+        c.write_json_line(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "prefix{\"person_id\":\"u\\\"1\",\"reason\":\"stalled_parcel\",\"since_ts\":12,\"version\":-3,\"sign\":1}\n"
+        );
+        assert_eq!(
+            Change::from_json_line(Table::SuppressedPersons, &c.to_json_line()).unwrap(),
+            c
+        );
     }
 
     #[test]
