@@ -6,7 +6,7 @@ BIN := $(CARGO_TARGET_DIR)/release/adflow
 DEMO_DIR ?= demo-data
 WORKERS ?= 2
 
-.PHONY: build demo test bench fmt lint services-up services-down clean
+.PHONY: build demo demo-kdniao test bench fmt lint services-up services-down clean
 
 build:
 	$(CARGO) build --release -p adflow-cli
@@ -16,6 +16,12 @@ demo: build
 	$(BIN) generate --output $(DEMO_DIR)/input --seed 7 --users 2000 --days 7
 	$(BIN) run --input $(DEMO_DIR)/input --output $(DEMO_DIR)/out --workers $(WORKERS)
 	$(BIN) report --output $(DEMO_DIR)/out
+
+## demo-kdniao: the same, with logistics coming through the Kdniao connector: a stand-in Kdniao
+## server pushes the data set's track sequences to `adflow kdniao receive` (two local processes,
+## stopped at the end); then run + report, and a comparison with the file run.
+demo-kdniao: build
+	BIN=$(BIN) WORKERS=$(WORKERS) bash scripts/demo-kdniao.sh
 
 ## test: install and start the test services (ClickHouse, tansu), run every test, stop them.
 test:

@@ -1,5 +1,6 @@
 //! `adflow`: the one binary. See `adflow --help`.
 
+mod produce;
 mod report;
 
 use adflow_engine::driver::{run, RunOptions, SourceFactory};
@@ -40,6 +41,8 @@ enum Command {
     /// Kdniao logistics connector: push receiver, queries, subscriptions, stand-in server.
     #[command(subcommand)]
     Kdniao(adflow_kdniao::KdniaoCommand),
+    /// Publish a data set's input files to the Kafka input topics (keys per spec §1).
+    Produce(produce::ProduceCmd),
 }
 
 #[derive(clap::Args)]
@@ -204,9 +207,11 @@ fn main() -> Result<()> {
             }
         },
         Command::Kdniao(cmd) => {
+            let kafka = produce::kdniao_kafka_publisher(&cmd)?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(adflow_kdniao::run(cmd))?;
+            rt.block_on(adflow_kdniao::run_with_publisher(cmd, kafka))?;
             Ok(())
         }
+        Command::Produce(a) => produce::cmd_produce(a),
     }
 }

@@ -35,6 +35,17 @@ pub fn ensure_topics(
     partitions: i32,
     timeout: Duration,
 ) -> Result<BTreeMap<String, TopicState>, KafkaError> {
+    ensure_named_topics(config, &all_topics(config), partitions, timeout)
+}
+
+/// Like [`ensure_topics`] for the given topic names only (used by processes that write a
+/// single topic, such as the Kdniao receiver's `<prefix>logistics`).
+pub fn ensure_named_topics(
+    config: &KafkaConfig,
+    topics: &[String],
+    partitions: i32,
+    timeout: Duration,
+) -> Result<BTreeMap<String, TopicState>, KafkaError> {
     if partitions < 1 {
         return Err(KafkaError::Config(format!(
             "partition count must be at least 1, got {partitions}"
@@ -48,7 +59,7 @@ pub fn ensure_topics(
     let existing = existing_topics(&admin, timeout)?;
     let mut states = BTreeMap::new();
     let mut missing = Vec::new();
-    for topic in all_topics(config) {
+    for topic in topics.iter().cloned() {
         match existing.get(&topic) {
             Some(&n) => {
                 if n != partitions {

@@ -6,6 +6,8 @@
 //! - [`produce()`] / [`ProduceArgs`]: `adflow produce`, publishes a file-mode data set.
 //! - [`DeadLetterProducer`]: publishes rejected messages to `<prefix>dead_letters`.
 //! - [`ensure_topics`]: creates the topics when missing.
+//! - [`KafkaTrackPublisher`]: the Kdniao connector's track publisher (`<prefix>logistics`,
+//!   acknowledged before the push is answered).
 //!
 //! librdkafka is built from the copy bundled in `rdkafka-sys` (`./configure && make`, no cmake;
 //! needs gcc, make, and zlib headers).
@@ -16,8 +18,9 @@ mod dead_letter;
 mod error;
 mod produce;
 mod source;
+mod track;
 
-pub use admin::{all_topics, ensure_topics, TopicState};
+pub use admin::{all_topics, ensure_named_topics, ensure_topics, TopicState};
 pub use config::{KafkaConfig, DEAD_LETTERS_TOPIC, MANAGED_PROPERTIES};
 pub use dead_letter::{DeadLetter, DeadLetterProducer, RAW_LIMIT};
 pub use error::KafkaError;
@@ -26,6 +29,7 @@ pub use source::{
     CommitOutcome, KafkaSource, PartitionStatus, RebalanceEvent, SourceRecord,
     DEFAULT_FETCH_WAIT_MS,
 };
+pub use track::{KafkaTrackPublisher, DEFAULT_TRACK_DELIVERY_TIMEOUT};
 
 #[cfg(test)]
 mod tests {

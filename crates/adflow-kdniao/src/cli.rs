@@ -2,8 +2,8 @@
 //!
 //! | command | function |
 //! |---|---|
-//! | `receive --listen ADDR (--output DIR \| --kafka BROKERS)` | push receiver ([`crate::receiver`]) |
-//! | `sandbox --listen ADDR --script FILE` | stand-in server ([`crate::sandbox`]) |
+//! | `receive --listen ADDR (--output DIR \| --kafka BROKERS [--topic-prefix P])` | push receiver ([`crate::receiver`]) |
+//! | `sandbox --listen ADDR (--script FILE \| --tracks logistics.jsonl)` | stand-in server ([`crate::sandbox`]) |
 //! | `subscribe --orders FILE` | subscribe new shipments ([`crate::subscribe::subscribe_orders`]) |
 //! | `replay-failed [--output DIR]` | re-send the failed queue ([`crate::tracker::Tracker::replay_failed`]) |
 //! | `query --shipper SF --waybill N [--phone P]` | one query with failover, events to stdout |
@@ -22,6 +22,7 @@ use crate::client::WaybillRequest;
 use crate::config::KdniaoConfig;
 use crate::error::KdniaoError;
 use crate::receiver::{serve, ReceiverState};
+use crate::replay::waybills_from_tracks;
 use crate::sandbox::{run_sandbox, SandboxScript};
 use crate::secret::Secret;
 use crate::sink::{FilePublisher, TrackPublisher, TrackSink};
@@ -56,6 +57,18 @@ impl KdniaoCommand {
             _ => None,
         }
     }
+
+    /// The `--topic-prefix P` value (default: none) that goes with `--kafka`: track events
+    /// go to `<P>logistics`.
+    pub fn kafka_topic_prefix(&self) -> &str {
+        let prefix = match self {
+            KdniaoCommand::Receive(a) => a.topic_prefix.as_deref(),
+            KdniaoCommand::Poll(a) => a.topic_prefix.as_deref(),
+            KdniaoCommand::ReplayFailed(a) => a.topic_prefix.as_deref(),
+            _ => None,
+        };
+        prefix.unwrap_or("")
+    }
 }
 
 /// Options shared by commands that talk to Kdniao.
@@ -78,7 +91,9 @@ pub struct SinkArgs {
     /// Append track events to `DIR/logistics.jsonl`.
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
-    /// Publish track events to Kafka (needs the binary to supply a publisher).
+    /// Publish track events to Kafka topic `<prefix>logistics` at these bootstrap servers
+    /// (`host:port[,host:port…]`), keyed by waybill number, acknowledged (acks=all) before a
+    /// push is answered.
     #[arg(long, value_name = "BROKERS")]
     pub kafka: Option<String>,
 }
@@ -92,6 +107,9 @@ pub struct ReceiveArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub sink: SinkArgs,
+    /// Topic-name prefix for `--kafka`: events go to `<PREFIX>logistics` (default: none).
+    #[arg(long, value_name = "PREFIX", conflicts_with = "output")]
+    pub topic_prefix: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
@@ -105,8 +123,12 @@ pub struct SandboxArgs {
     pub listen: SocketAddr,
     /// JSON script: `{"waybills":[...], "callback_url":..., "kdniao_fail":{"mode":...},
     /// "kuaidi100":{"customer":..,"key":..}}`.
+    #[arg(long, value_name = "FILE", required_unless_present = "tracks")]
+    pub script: Option<PathBuf>,
+    /// A spec §1 `logistics.jsonl` whose track sequences become waybills (added to the
+    /// script's), each trace with its own state as `Action` (push them with RequestType 102).
     #[arg(long, value_name = "FILE")]
-    pub script: PathBuf,
+    pub tracks: Option<PathBuf>,
     /// Merchant id the stand-in accepts.
     #[arg(long, env = "KDNIAO_EBUSINESS_ID")]
     pub ebusiness_id: String,
@@ -132,6 +154,9 @@ pub struct ReplayArgs {
     /// Where replayed queries' track events go (Kafka).
     #[arg(long, value_name = "BROKERS")]
     pub kafka: Option<String>,
+    /// Topic-name prefix for `--kafka` (default: none).
+    #[arg(long, value_name = "PREFIX", conflicts_with = "output")]
+    pub topic_prefix: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
@@ -160,6 +185,9 @@ pub struct PollArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub sink: SinkArgs,
+    /// Topic-name prefix for `--kafka`: events go to `<PREFIX>logistics` (default: none).
+    #[arg(long, value_name = "PREFIX", conflicts_with = "output")]
+    pub topic_prefix: Option<String>,
     /// Override `poll.quiet_after_secs`.
     #[arg(long)]
     pub quiet_after_secs: Option<u64>,
@@ -168,8 +196,8 @@ pub struct PollArgs {
     pub common: CommonArgs,
 }
 
-/// Runs a command. `--kafka` fails with [`KdniaoError::KafkaNotWired`]; the binary wires
-/// Kafka through [`run_with_publisher`].
+/// Runs a command. This crate has no Kafka client: `--kafka` fails with a configuration
+/// error here; the binary supplies its Kafka publisher through [`run_with_publisher`].
 pub async fn run(cmd: KdniaoCommand) -> Result<(), KdniaoError> {
     run_with_publisher(cmd, None).await
 }
@@ -272,6 +300,13 @@ fn state_dir(
         })
 }
 
+fn no_kafka_publisher() -> KdniaoError {
+    KdniaoError::Config(
+        "--kafka needs a Kafka track publisher; call run_with_publisher with one (the adflow binary does)"
+            .into(),
+    )
+}
+
 fn open_sink(
     output: Option<&Path>,
     kafka: Option<Arc<dyn TrackPublisher>>,
@@ -279,7 +314,7 @@ fn open_sink(
 ) -> Result<Arc<TrackSink>, KdniaoError> {
     let publisher: Arc<dyn TrackPublisher> = match output {
         Some(dir) => Arc::new(FilePublisher::new(dir)?),
-        None => kafka.ok_or(KdniaoError::KafkaNotWired)?,
+        None => kafka.ok_or_else(no_kafka_publisher)?,
     };
     Ok(Arc::new(TrackSink::open(publisher, state_dir)?))
 }
@@ -289,7 +324,7 @@ async fn receive(
     kafka: Option<Arc<dyn TrackPublisher>>,
 ) -> Result<(), KdniaoError> {
     if a.sink.kafka.is_some() && kafka.is_none() {
-        return Err(KdniaoError::KafkaNotWired);
+        return Err(no_kafka_publisher());
     }
     let cfg = KdniaoConfig::load(a.common.config.as_deref())?;
     let dir = state_dir(&a.common, &cfg, a.sink.output.as_deref())?;
@@ -330,9 +365,38 @@ async fn sandbox(a: SandboxArgs) -> Result<(), KdniaoError> {
         .ok()
         .filter(|k| !k.is_empty())
         .ok_or_else(|| KdniaoError::Config("sandbox needs KDNIAO_APP_KEY".into()))?;
-    let text = std::fs::read_to_string(&a.script).map_err(|e| KdniaoError::io(&a.script, e))?;
-    let script: SandboxScript = serde_json::from_str(&text)
-        .map_err(|e| KdniaoError::Config(format!("sandbox script {}: {e}", a.script.display())))?;
+    let mut script = match &a.script {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| KdniaoError::io(path, e))?;
+            serde_json::from_str::<SandboxScript>(&text).map_err(|e| {
+                KdniaoError::Config(format!("sandbox script {}: {e}", path.display()))
+            })?
+        }
+        None => SandboxScript::default(),
+    };
+    if let Some(path) = &a.tracks {
+        let file = std::fs::File::open(path).map_err(|e| KdniaoError::io(path, e))?;
+        let (waybills, load) = waybills_from_tracks(std::io::BufReader::new(file))
+            .map_err(|e| KdniaoError::io(path, e))?;
+        tracing::info!(
+            file = %path.display(),
+            waybills = load.waybills,
+            tracks = load.tracks,
+            skipped = load.skipped,
+            duplicates = load.duplicates,
+            "stand-in waybills loaded from track events"
+        );
+        let known: std::collections::HashSet<String> = waybills
+            .iter()
+            .filter_map(|w| w.logistic_code.clone())
+            .collect();
+        script.waybills.retain(|w| {
+            !w.logistic_code
+                .as_deref()
+                .is_some_and(|c| known.contains(&crate::track::clean_waybill(c)))
+        });
+        script.waybills.extend(waybills);
+    }
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .map_err(|source| KdniaoError::Server {

@@ -34,11 +34,6 @@ pub enum KdniaoError {
     /// Track events could not be handed on.
     #[error(transparent)]
     Publish(#[from] PublishError),
-    /// `--kafka` was given but no Kafka publisher was supplied by the binary.
-    #[error(
-        "--kafka is not wired yet: this build has no Kafka track publisher (use --output DIR)"
-    )]
-    KafkaNotWired,
 }
 
 impl KdniaoError {

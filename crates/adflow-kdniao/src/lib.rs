@@ -6,10 +6,12 @@
 //!   failed queue.
 //! * [`answer`]: lenient parsing of every Kdniao answer shape; [`track`]: answers →
 //!   spec §1 `logistics` `track` events with stable `event_id`s.
-//! * [`sink`]: the [`sink::TrackPublisher`] trait (file implementation; Kafka is supplied
-//!   by the binary) and the deduplicating [`sink::TrackSink`].
+//! * [`sink`]: the [`sink::TrackPublisher`] trait (file implementation here; the Kafka one is
+//!   `adflow_kafka::KafkaTrackPublisher`, so this crate needs no Kafka client) and the
+//!   deduplicating [`sink::TrackSink`].
 //! * [`receiver`]: the HTTP push receiver; [`subscribe`]: subscriptions and the poller.
-//! * [`sandbox`]: a stand-in Kdniao/Kuaidi100 server for tests and demos.
+//! * [`sandbox`]: a stand-in Kdniao/Kuaidi100 server for tests and demos; [`replay`] turns a
+//!   `logistics.jsonl` into its waybills.
 //! * [`cli`]: [`KdniaoCommand`] and [`run`], mounted by the binary as `adflow kdniao`.
 //!
 //! Secrets ([`Secret`]) never appear in logs, errors, `Debug` output or outputs.
@@ -22,6 +24,7 @@ pub mod error;
 pub mod kuaidi100;
 pub mod ratelimit;
 pub mod receiver;
+pub mod replay;
 pub mod sandbox;
 pub mod secret;
 pub mod sign;

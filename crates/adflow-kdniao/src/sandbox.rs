@@ -6,6 +6,11 @@
 //! Routes: `POST /poll/query.do` is Kuaidi100; `/control/*` is the control API
 //! (`POST /control/fail`, `POST /control/push`, `POST /control/waybill`,
 //! `GET /control/requests`, `GET /control/subscriptions`); every other `POST` is Kdniao.
+//!
+//! `POST /control/push` takes a [`PushCommand`] and answers a [`PushSummary`]
+//! (`{"pushes","failed","items","status","reply"}`) once every push was answered.
+//! Waybills come from the script, `POST /control/waybill`, or a spec §1 `logistics.jsonl`
+//! (`sandbox --tracks FILE`, see [`crate::replay`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,7 +26,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::answer::{now_kdniao_time, KdniaoAnswer};
+use crate::answer::{now_kdniao_time, parse_kdniao_time, KdniaoAnswer};
 use crate::error::{KdniaoError, Provider};
 use crate::secret::Secret;
 use crate::sign::{data_sign, kuaidi100_sign, verify_data_sign};
@@ -124,6 +129,31 @@ pub struct PushCommand {
     /// Sign with a wrong key (to test rejection).
     #[serde(default)]
     pub bad_sign: bool,
+    /// At most this many waybills per push (Kdniao batches its pushes); default: all in one.
+    #[serde(default)]
+    pub max_items: Option<usize>,
+    /// Replay how each waybill's trace grew, in trace-time order, the way Kdniao pushes each
+    /// update with the full trace so far: every trace `k` of a waybill is pushed once as the
+    /// latest, in an item holding the waybill's first `k` traces (top-level state of the
+    /// `k`-th); pushes follow the traces' times, with at most one item per waybill in a push.
+    /// Default: every selected waybill once, with its full trace.
+    #[serde(default)]
+    pub progressive: bool,
+}
+
+/// What a multi-push ([`Sandbox::push_all`], `POST /control/push`) did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PushSummary {
+    /// Push requests sent.
+    pub pushes: u64,
+    /// Pushes not answered `HTTP 200` with `Success:true` (or not answered at all).
+    pub failed: u64,
+    /// Waybill items sent, all pushes together.
+    pub items: u64,
+    /// HTTP status of the first failed push, else of the last push (0: no answer).
+    pub status: u16,
+    /// Reply body of that push (or the transport error).
+    pub reply: String,
 }
 
 struct Inner {
@@ -284,9 +314,16 @@ impl Sandbox {
         self.state.lock().subscriptions.clone()
     }
 
-    /// Pushes scripted waybills to a callback; returns the HTTP status and reply body.
+    /// Pushes scripted waybills to a callback in one push (full traces; `max_items` and
+    /// `progressive` are ignored); returns the HTTP status and reply body.
     pub async fn push(&self, cmd: PushCommand) -> Result<(u16, String), String> {
         do_push(&self.state, cmd).await
+    }
+
+    /// Sends every push `cmd` asks for (a progressive replay when `progressive`, pushes of at
+    /// most `max_items` waybills); counts the pushes not accepted and sends the rest anyway.
+    pub async fn push_all(&self, cmd: PushCommand) -> Result<PushSummary, String> {
+        do_push_all(&self.state, cmd).await
     }
 
     /// Stops the server.
@@ -335,38 +372,46 @@ fn strip_value_added(mut a: KdniaoAnswer) -> KdniaoAnswer {
     a
 }
 
-async fn do_push(state: &SandboxState, cmd: PushCommand) -> Result<(u16, String), String> {
-    let url = cmd
-        .callback_url
-        .or_else(|| state.callback_url.clone())
-        .ok_or("no callback_url")?;
-    let request_type = cmd.request_type.unwrap_or(101);
-    let items: Vec<serde_json::Value> = {
-        let g = state.lock();
-        g.waybills
-            .iter()
-            .filter(|w| match &cmd.logistic_codes {
-                None => true,
-                Some(codes) => codes.iter().any(|c| {
-                    Some(clean_waybill(c)) == w.logistic_code.as_deref().map(clean_waybill)
-                }),
-            })
-            .map(|w| {
-                let mut w = w.clone();
-                w.ebusiness_id = Some(state.ebusiness_id.clone());
-                w.success = true;
-                if request_type == 101 {
-                    w = strip_value_added(w);
-                }
-                let mut v = serde_json::to_value(&w).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("Reason".into(), "".into());
-                    o.insert("CallBack".into(), "".into());
-                }
-                v
-            })
-            .collect()
-    };
+fn select_waybills(state: &SandboxState, codes: Option<&[String]>) -> Vec<KdniaoAnswer> {
+    let g = state.lock();
+    g.waybills
+        .iter()
+        .filter(|w| match codes {
+            None => true,
+            Some(codes) => codes
+                .iter()
+                .any(|c| Some(clean_waybill(c)) == w.logistic_code.as_deref().map(clean_waybill)),
+        })
+        .cloned()
+        .collect()
+}
+
+fn push_item(state: &SandboxState, request_type: u16, mut w: KdniaoAnswer) -> serde_json::Value {
+    w.ebusiness_id = Some(state.ebusiness_id.clone());
+    w.success = true;
+    if request_type == 101 {
+        w = strip_value_added(w);
+    }
+    let mut v = serde_json::to_value(&w).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("Reason".into(), "".into());
+        o.insert("CallBack".into(), "".into());
+    }
+    v
+}
+
+/// Sends one signed push of `waybills` to `url`; returns the HTTP status and reply body.
+async fn send_push(
+    state: &SandboxState,
+    url: &str,
+    request_type: u16,
+    waybills: Vec<KdniaoAnswer>,
+    bad_sign: bool,
+) -> Result<(u16, String), String> {
+    let items: Vec<serde_json::Value> = waybills
+        .into_iter()
+        .map(|w| push_item(state, request_type, w))
+        .collect();
     let data = serde_json::json!({
         "EBusinessID": state.ebusiness_id,
         "PushTime": now_kdniao_time(),
@@ -374,7 +419,7 @@ async fn do_push(state: &SandboxState, cmd: PushCommand) -> Result<(u16, String)
         "Data": items,
     })
     .to_string();
-    let sign = if cmd.bad_sign {
+    let sign = if bad_sign {
         data_sign(&data, &Secret::new("not-the-key"))
     } else {
         data_sign(&data, &state.app_key)
@@ -386,7 +431,7 @@ async fn do_push(state: &SandboxState, cmd: PushCommand) -> Result<(u16, String)
         .finish();
     let resp = state
         .http
-        .post(&url)
+        .post(url)
         .header(
             reqwest::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded;charset=utf-8",
@@ -398,6 +443,108 @@ async fn do_push(state: &SandboxState, cmd: PushCommand) -> Result<(u16, String)
     let status = resp.status().as_u16();
     let text = resp.text().await.map_err(|e| format!("push reply: {e}"))?;
     Ok((status, text))
+}
+
+fn callback(state: &SandboxState, cmd: &PushCommand) -> Result<String, String> {
+    cmd.callback_url
+        .clone()
+        .or_else(|| state.callback_url.clone())
+        .ok_or_else(|| "no callback_url".to_string())
+}
+
+/// One push of the selected waybills (full traces), whatever `max_items`/`progressive` say.
+async fn do_push(state: &SandboxState, cmd: PushCommand) -> Result<(u16, String), String> {
+    let url = callback(state, &cmd)?;
+    let waybills = select_waybills(state, cmd.logistic_codes.as_deref());
+    send_push(
+        state,
+        &url,
+        cmd.request_type.unwrap_or(101),
+        waybills,
+        cmd.bad_sign,
+    )
+    .await
+}
+
+/// Every push `cmd` asks for (a progressive replay when `progressive`, pushes of at most
+/// `max_items` waybills), in order.
+/// A failed push is counted and the rest are still sent.
+async fn do_push_all(state: &SandboxState, cmd: PushCommand) -> Result<PushSummary, String> {
+    let url = callback(state, &cmd)?;
+    let request_type = cmd.request_type.unwrap_or(101);
+    let waybills = select_waybills(state, cmd.logistic_codes.as_deref());
+    let size = cmd.max_items.unwrap_or(usize::MAX).max(1);
+    let batches: Vec<Vec<KdniaoAnswer>> = if cmd.progressive {
+        progressive_batches(&waybills, size)
+    } else {
+        let mut all = waybills.into_iter().peekable();
+        let mut out = Vec::new();
+        while all.peek().is_some() {
+            out.push(all.by_ref().take(size).collect());
+        }
+        out
+    };
+    let mut summary = PushSummary::default();
+    for batch in batches {
+        summary.pushes += 1;
+        summary.items += batch.len() as u64;
+        let (status, reply, ok) =
+            match send_push(state, &url, request_type, batch, cmd.bad_sign).await {
+                Ok((status, reply)) => {
+                    let ok = status == 200
+                        && serde_json::from_str::<serde_json::Value>(&reply)
+                            .ok()
+                            .and_then(|v| v.get("Success").and_then(|s| s.as_bool()))
+                            == Some(true);
+                    (status, reply, ok)
+                }
+                Err(e) => (0, e, false),
+            };
+        if !ok {
+            tracing::warn!(status, %reply, "stand-in push not accepted");
+        }
+        if summary.failed == 0 {
+            summary.status = status;
+            summary.reply = reply;
+        }
+        if !ok {
+            summary.failed += 1;
+        }
+    }
+    Ok(summary)
+}
+
+/// The pushes of a progressive replay (see [`PushCommand::progressive`]): one step per
+/// (waybill, `k`), ordered by the time of trace `k` (running maximum over the first `k`, so a
+/// waybill's steps stay in order; ties keep waybill and `k` order), cut into pushes of at most
+/// `size` items that never hold two steps of one waybill.
+fn progressive_batches(waybills: &[KdniaoAnswer], size: usize) -> Vec<Vec<KdniaoAnswer>> {
+    let mut steps: Vec<(i64, usize, usize)> = Vec::new();
+    for (w, answer) in waybills.iter().enumerate() {
+        let mut latest = i64::MIN;
+        for (i, t) in answer.traces.iter().enumerate() {
+            if let Some(ts) = t.accept_time.as_deref().and_then(parse_kdniao_time) {
+                latest = latest.max(ts);
+            }
+            steps.push((latest, w, i + 1));
+        }
+    }
+    steps.sort();
+    let mut batches = Vec::new();
+    let mut batch: Vec<KdniaoAnswer> = Vec::new();
+    let mut in_batch = std::collections::HashSet::new();
+    for (_, w, k) in steps {
+        if batch.len() >= size || in_batch.contains(&w) {
+            batches.push(std::mem::take(&mut batch));
+            in_batch.clear();
+        }
+        in_batch.insert(w);
+        batch.push(crate::replay::prefix(&waybills[w], k));
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
 }
 
 async fn control_fail(
@@ -416,10 +563,8 @@ async fn control_push(
     State(st): State<Arc<SandboxState>>,
     Json(cmd): Json<PushCommand>,
 ) -> Response {
-    match do_push(&st, cmd).await {
-        Ok((status, body)) => {
-            Json(serde_json::json!({"status": status, "reply": body})).into_response()
-        }
+    match do_push_all(&st, cmd).await {
+        Ok(summary) => Json(summary).into_response(),
         Err(e) => (StatusCode::BAD_GATEWAY, e).into_response(),
     }
 }

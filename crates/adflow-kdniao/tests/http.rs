@@ -110,6 +110,7 @@ fn push_to(url: &str, bad_sign: bool) -> PushCommand {
         request_type: Some(101),
         logistic_codes: None,
         bad_sign,
+        ..PushCommand::default()
     }
 }
 
@@ -434,7 +435,7 @@ mod cli {
     }
 
     #[tokio::test]
-    async fn kafka_flag_is_accepted_but_not_wired() {
+    async fn kafka_flag_needs_a_publisher_from_the_caller() {
         let cli = Cli::try_parse_from([
             "adflow",
             "receive",
@@ -442,17 +443,30 @@ mod cli {
             "127.0.0.1:0",
             "--kafka",
             "localhost:9092",
+            "--topic-prefix",
+            "demo.",
         ])
         .unwrap();
         assert_eq!(cli.command.kafka_brokers(), Some("localhost:9092"));
+        assert_eq!(cli.command.kafka_topic_prefix(), "demo.");
         match run(cli.command).await {
-            Err(KdniaoError::KafkaNotWired) => {}
-            other => panic!("expected KafkaNotWired, got {other:?}"),
+            Err(KdniaoError::Config(m)) => assert!(m.contains("run_with_publisher"), "{m}"),
+            other => panic!("expected a configuration error, got {other:?}"),
         }
-        assert_eq!(
-            KdniaoError::KafkaNotWired.to_string(),
-            "--kafka is not wired yet: this build has no Kafka track publisher (use --output DIR)"
-        );
+        let plain = Cli::try_parse_from(["adflow", "poll", "--kafka", "b:1"]).unwrap();
+        assert_eq!(plain.command.kafka_topic_prefix(), "");
+        // --topic-prefix only goes with --kafka.
+        assert!(Cli::try_parse_from([
+            "adflow",
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--output",
+            "o",
+            "--topic-prefix",
+            "p."
+        ])
+        .is_err());
     }
 
     #[test]
@@ -564,6 +578,7 @@ async fn push_102_uses_per_trace_action_and_survives_a_malformed_time() {
         request_type: Some(102),
         logistic_codes: Some(vec!["730123 45678".into()]),
         bad_sign: false,
+        ..PushCommand::default()
     };
     let (status, body) = sb.push(cmd).await.unwrap();
     assert_eq!(status, 200);
@@ -602,4 +617,106 @@ async fn push_102_uses_per_trace_action_and_survives_a_malformed_time() {
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
+}
+
+/// `sandbox --tracks`: a spec §1 logistics.jsonl becomes waybills; a progressive RequestType
+/// 102 replay through the receiver gives back exactly its well-formed, distinct tracks
+/// (time, waybill, carrier, code, station), in time order, with at most `max_items` waybills
+/// and one step per waybill in a push.
+#[tokio::test]
+async fn progressive_replay_of_a_track_file_gives_back_its_tracks_in_time_order() {
+    use adflow_kdniao::replay::waybills_from_tracks;
+    let lines = [
+        r#"{"type":"track","event_id":"a1","ts":"2024/06/01 08:00:00","shipper_code":"SF","logistic_code":"SF-001","state":1,"state_ex":1,"station":"揽收"}"#,
+        r#"{"type":"track","event_id":"b1","ts":"2024/06/01 09:30:00.250","shipper_code":"ZTO","logistic_code":"7301","state":"1"}"#,
+        r#"{"type":"track","event_id":"a2","ts":"2024-06-01 20:00:00","shipper_code":"SF","logistic_code":"sf001","state":2,"state_ex":"201"}"#,
+        r#"{"type":"track","event_id":"a2","ts":"2024-06-01 20:00:00","shipper_code":"SF","logistic_code":"sf001","state":2,"state_ex":"201"}"#,
+        r#"{"type":"track","event_id":"c1","ts":1717236000000,"shipper_code":"YTO","logistic_code":"YT9","state":"2"}"#,
+        r#"{"type":"track","event_id":"b2","ts":"2024/06/02 10:00:00","shipper_code":"ZTO","logistic_code":"7301","state":4,"state_ex":404,"station":"拒收 13912345678"}"#,
+        r#"{"type":"track","event_id":"a3","ts":"2024/06/02 11:00:00","shipper_code":"SF","logistic_code":"SF001","state":3,"state_ex":301}"#,
+        r#"{"type":"track","event_id":"b3","ts":"2024/06/03 10:00:00","shipper_code":"ZTO","logistic_code":"7301","state":4,"state_ex":407}"#,
+        r#"not json"#,
+        r#"{"type":"track","event_id":"x1","ts":"2024/06/03 10:00:00","shipper_code":"ZTO","logistic_code":7301,"state":4}"#,
+    ]
+    .join("\n");
+    let (waybills, load) = waybills_from_tracks(text_reader(&lines)).unwrap();
+    assert_eq!((load.tracks, load.skipped, load.duplicates), (7, 2, 1));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sb = Sandbox::start(
+        listener,
+        EBID,
+        Secret::new(KEY),
+        SandboxScript {
+            waybills,
+            ..SandboxScript::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rx = receiver(dir.path()).await;
+    let summary = sb
+        .push_all(PushCommand {
+            callback_url: Some(rx.url.clone()),
+            request_type: Some(102),
+            progressive: true,
+            max_items: Some(2),
+            ..PushCommand::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(summary.failed, 0, "{summary:?}");
+    assert_eq!(summary.items, 7, "one item per track");
+    // Steps in time order: a1 b1 | c1 a2 (a2 after c1: 20:00 > 18:00) | b2 a3 | b3.
+    assert_eq!(summary.pushes, 4, "{summary:?}");
+    let got: Vec<serde_json::Value> = output_lines(&rx.out)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary_rows: Vec<(i64, &str, &str, &str, Option<&str>)> = got
+        .iter()
+        .map(|e| {
+            (
+                e["ts"].as_i64().unwrap(),
+                e["logistic_code"].as_str().unwrap(),
+                e["shipper_code"].as_str().unwrap(),
+                e["state_ex"].as_str().unwrap(),
+                e["station"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary_rows,
+        vec![
+            (1_717_200_000_000, "SF001", "SF", "1", Some("揽收")),
+            (1_717_205_400_250, "7301", "ZTO", "1", None),
+            (1_717_236_000_000, "YT9", "YTO", "2", None),
+            (1_717_243_200_000, "SF001", "SF", "201", None),
+            (
+                1_717_293_600_000,
+                "7301",
+                "ZTO",
+                "404",
+                Some("拒收 139****5678")
+            ),
+            (1_717_297_200_000, "SF001", "SF", "301", None),
+            (1_717_380_000_000, "7301", "ZTO", "407", None),
+        ]
+    );
+    assert!(got
+        .iter()
+        .all(|e| e["state"].as_str().unwrap() == &e["state_ex"].as_str().unwrap()[..1]));
+    // Each step re-sends the waybill's earlier traces: 0+1+2 (SF001) + 0+1+2 (7301) + 0 (YT9).
+    assert_eq!(
+        rx.state
+            .sink()
+            .metrics
+            .duplicates
+            .load(std::sync::atomic::Ordering::Relaxed),
+        6
+    );
+}
+
+fn text_reader(text: &str) -> std::io::BufReader<&[u8]> {
+    std::io::BufReader::new(text.as_bytes())
 }
