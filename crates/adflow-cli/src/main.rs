@@ -1,5 +1,6 @@
 //! `adflow`: the one binary. See `adflow --help`.
 
+mod kafka_run;
 mod produce;
 mod report;
 
@@ -47,13 +48,28 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Directory with `ad_events.jsonl`, `orders.jsonl`, `logistics.jsonl`, `identity.jsonl`
-    /// (a missing file is an empty stream).
-    #[arg(long)]
-    input: PathBuf,
-    /// Directory for the changelogs `<table>.jsonl`.
-    #[arg(long)]
-    output: PathBuf,
+    /// File mode: directory with `ad_events.jsonl`, `orders.jsonl`, `logistics.jsonl`,
+    /// `identity.jsonl` (a missing file is an empty stream).
+    #[arg(long, required_unless_present = "kafka", conflicts_with = "kafka")]
+    input: Option<PathBuf>,
+    /// Directory for the changelogs `<table>.jsonl` (required in file mode; in live mode the
+    /// directory is resumed after a restart).
+    #[arg(long, required_unless_present = "kafka")]
+    output: Option<PathBuf>,
+    /// Live mode: consume the input topics from these brokers (`host:port,...`) until
+    /// SIGINT/SIGTERM. See docs/kafka.md.
+    #[arg(long, value_name = "BROKERS")]
+    kafka: Option<String>,
+    /// Live mode: consumer group id for committed offsets (default `adflow`, or the config's).
+    #[arg(long, value_name = "ID", requires = "kafka")]
+    group: Option<String>,
+    /// Live mode: topic name prefix (`<P>ad_events`, ..., `<P>dead_letters`).
+    #[arg(long, value_name = "P", requires = "kafka")]
+    topic_prefix: Option<String>,
+    /// Live mode: exit once every partition has been idle this many seconds and the outputs
+    /// of the idle watermark advance are written.
+    #[arg(long, value_name = "SECS", requires = "kafka")]
+    exit_when_idle: Option<f64>,
     /// Worker threads.
     #[arg(long, short = 'w', default_value_t = 1)]
     workers: usize,
@@ -118,20 +134,25 @@ fn load_settings(path: Option<&PathBuf>) -> Result<Settings> {
 }
 
 fn cmd_run(args: RunArgs) -> Result<()> {
-    if !args.input.is_dir() {
-        bail!("input directory {} does not exist", args.input.display());
+    if args.kafka.is_some() {
+        return kafka_run::cmd_run_kafka(args);
+    }
+    let (Some(input), Some(output)) = (args.input.clone(), args.output.clone()) else {
+        bail!("file mode needs --input DIR and --output DIR (or use --kafka BROKERS)");
+    };
+    if !input.is_dir() {
+        bail!("input directory {} does not exist", input.display());
     }
     let settings = load_settings(args.config.as_ref())?;
     let opts = RunOptions::new(args.workers, settings)?;
     let parse = opts.parse.clone();
-    let input = args.input.clone();
     let sources: SourceFactory = Arc::new(move |index, peers| {
         Ok(
             Box::new(FileSource::open(&input, index, peers, parse.clone())?)
                 as Box<dyn adflow_engine::driver::Source>,
         )
     });
-    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(FileSink::create(&args.output)?)];
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(FileSink::create(&output)?)];
     for spec in &args.sinks {
         sinks.push(extra_sink(spec)?);
     }

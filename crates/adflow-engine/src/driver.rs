@@ -103,7 +103,7 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    fn add(&mut self, o: &RunReport) {
+    pub(crate) fn add(&mut self, o: &RunReport) {
         self.messages += o.messages;
         self.events += o.events;
         self.late += o.late;
@@ -129,6 +129,77 @@ fn wall_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// What happened to one input message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ingested {
+    /// A valid event with event time `ts`, inserted at dataflow time `at`.
+    Event { ts: i64, at: Time },
+    /// Rejected (malformed, or older than the state retention); a dead letter was written at
+    /// dataflow time `at` unless suppressed.
+    Rejected { at: Time },
+}
+
+/// Parsing, validation and insertion of input messages at input time `cur`.
+pub(crate) struct Ingest<'a> {
+    pub opts: &'a RunOptions,
+    pub retention: i64,
+    pub tick: Time,
+    pub cur: Time,
+}
+
+impl Ingest<'_> {
+    pub(crate) fn new(opts: &RunOptions, cur: Time) -> Ingest<'_> {
+        Ingest {
+            opts,
+            retention: opts.settings.state_retention.0,
+            tick: opts.settings.tick.0.max(1) as Time,
+            cur,
+        }
+    }
+}
+
+impl Ingest<'_> {
+    /// Parses `msg` and inserts the event at `max(ceil_tick(ts), cur, floor)`, or a dead letter
+    /// at `max(cur, floor)` (when `dead_letters` is false the rejection is only counted: its
+    /// dead letter was written by an earlier run).
+    pub(crate) fn ingest(
+        &self,
+        msg: &RawMessage,
+        report: &mut RunReport,
+        ev_in: &mut InputSession<Time, Event, Diff>,
+        dl_in: &mut InputSession<Time, OutRec, Diff>,
+        dead_letters: bool,
+        floor: Time,
+    ) -> Ingested {
+        let cur = self.cur;
+        report.messages += 1;
+        let reason = match parse_event(msg.stream, &msg.payload, &self.opts.parse) {
+            Ok(e) if e.ts.saturating_add(self.retention) <= cur as i64 && cur > 0 => format!(
+                "too late: ts {} is older than the watermark {} minus the state retention",
+                e.ts, cur
+            ),
+            Ok(e) => {
+                report.events += 1;
+                let t = to_time(e.ts).div_ceil(self.tick).saturating_mul(self.tick);
+                if to_time(e.ts) < cur {
+                    report.late += 1;
+                }
+                let ts = e.ts;
+                let at = t.max(cur).max(floor);
+                ev_in.update_at(e, at, 1);
+                return Ingested::Event { ts, at };
+            }
+            Err(reason) => reason,
+        };
+        report.dead_letters += 1;
+        let at = cur.max(floor);
+        if dead_letters {
+            dl_in.update_at((dead_letter(msg, reason), NEVER), at, 1);
+        }
+        Ingested::Rejected { at }
+    }
 }
 
 /// Runs `program` over bounded sources until they are exhausted, writing every output change
@@ -321,30 +392,16 @@ fn run_worker(
             Poll::Messages(msgs) => {
                 let cur = *ev_in.time();
                 for msg in msgs {
-                    report.messages += 1;
-                    match parse_event(msg.stream, &msg.payload, &opts.parse) {
-                        Ok(e) => {
-                            if e.ts.saturating_add(retention) <= cur as i64 && cur > 0 {
-                                report.dead_letters += 1;
-                                let reason = format!(
-                                    "too late: ts {} is older than the watermark {} minus the state retention",
-                                    e.ts, cur
-                                );
-                                dl_in.update((dead_letter(&msg, reason), NEVER), 1);
-                                continue;
-                            }
-                            report.events += 1;
-                            let t = to_time(e.ts).div_ceil(tick).saturating_mul(tick);
-                            if to_time(e.ts) < cur {
-                                report.late += 1;
-                            }
-                            max_ts = Some(max_ts.map_or(e.ts, |m| m.max(e.ts)));
-                            ev_in.update_at(e, t.max(cur), 1);
-                        }
-                        Err(reason) => {
-                            report.dead_letters += 1;
-                            dl_in.update((dead_letter(&msg, reason), NEVER), 1);
-                        }
+                    let ctx = Ingest {
+                        opts,
+                        retention,
+                        tick,
+                        cur,
+                    };
+                    if let Ingested::Event { ts, .. } =
+                        ctx.ingest(&msg, &mut report, &mut ev_in, &mut dl_in, true, 0)
+                    {
+                        max_ts = Some(max_ts.map_or(ts, |m| m.max(ts)));
                     }
                 }
                 if let Some(m) = max_ts {

@@ -149,7 +149,26 @@ pub struct FileSink {
     received: i64,
     durable: i64,
     written: u64,
+    /// Resumable sinks record progress in `OUT/_progress.json` at every flush.
+    resumable: bool,
+    /// What an earlier run stored (see [`FileSink::resume`]).
+    resumed_from: i64,
+    /// The engine checkpoint written with the next progress record / read at resume.
+    checkpoint: Option<String>,
+    resumed_checkpoint: Option<String>,
 }
+
+/// `OUT/_progress.json` of a resumable file sink: every change with `version < frontier` is in
+/// the first `lengths[table]` bytes of `<table>.jsonl`, and nothing else is.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Progress {
+    frontier: i64,
+    lengths: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    checkpoint: Option<String>,
+}
+
+const PROGRESS_FILE: &str = "_progress.json";
 
 impl FileSink {
     /// Creates `dir` if needed and truncates every table's file.
@@ -170,7 +189,97 @@ impl FileSink {
             received: 0,
             durable: 0,
             written: 0,
+            resumable: false,
+            resumed_from: i64::MIN,
+            checkpoint: None,
+            resumed_checkpoint: None,
         })
+    }
+
+    /// A sink for live mode that survives restarts. When `dir/_progress.json` exists (written
+    /// by an earlier run at its last flush), every table file is cut back to the length it had
+    /// then — dropping lines written after the last durable point — and the sink reports that
+    /// run's frontier through [`Sink::resume_frontier`], so a replaying engine does not write
+    /// those changes twice. Otherwise it starts empty like [`FileSink::create`]. Every flush
+    /// updates `_progress.json` (written to a temporary file, synced, renamed).
+    pub fn resume(dir: &Path) -> Result<Self, SinkError> {
+        let io = |e| SinkError::Io {
+            sink: "file".into(),
+            source: e,
+        };
+        let path = dir.join(PROGRESS_FILE);
+        let progress = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let p: Progress = serde_json::from_slice(&bytes).map_err(|e| SinkError::Other {
+                    sink: "file".into(),
+                    message: format!("{}: {e}", path.display()),
+                })?;
+                Some(p)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(e)),
+        };
+        let Some(progress) = progress else {
+            let mut sink = FileSink::create(dir)?;
+            sink.resumable = true;
+            return Ok(sink);
+        };
+        let mut writers = HashMap::new();
+        for table in Table::ALL {
+            let file = dir.join(format!("{}.jsonl", table.name()));
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)
+                .map_err(io)?;
+            let keep = progress.lengths.get(table.name()).copied().unwrap_or(0);
+            let len = f.metadata().map_err(io)?.len();
+            if len < keep {
+                return Err(SinkError::Other {
+                    sink: "file".into(),
+                    message: format!(
+                        "{} is shorter ({len} bytes) than its recorded progress ({keep} bytes)",
+                        file.display()
+                    ),
+                });
+            }
+            if len > keep {
+                tracing::info!(file = %file.display(), dropped = len - keep, "dropping changes written after the last durable point");
+                f.set_len(keep).map_err(io)?;
+                f.sync_data().map_err(io)?;
+            }
+            writers.insert(table, BufWriter::with_capacity(1 << 18, f));
+        }
+        tracing::info!(dir = %dir.display(), frontier = progress.frontier, "file sink resumes");
+        Ok(FileSink {
+            dir: dir.to_path_buf(),
+            writers,
+            received: progress.frontier,
+            durable: progress.frontier,
+            written: 0,
+            resumable: true,
+            resumed_from: progress.frontier,
+            checkpoint: progress.checkpoint.clone(),
+            resumed_checkpoint: progress.checkpoint,
+        })
+    }
+
+    fn write_progress(&mut self) -> std::io::Result<()> {
+        let mut lengths = std::collections::BTreeMap::new();
+        for (table, w) in &self.writers {
+            lengths.insert(table.name().to_string(), w.get_ref().metadata()?.len());
+        }
+        let p = Progress {
+            frontier: self.received,
+            lengths,
+            checkpoint: self.checkpoint.clone(),
+        };
+        let tmp = self.dir.join(format!("{PROGRESS_FILE}.tmp"));
+        let mut f = File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(&p).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(PROGRESS_FILE))?;
+        File::open(&self.dir)?.sync_all()
     }
 
     /// Number of changelog lines written so far.
@@ -215,11 +324,29 @@ impl Sink for FileSink {
                     source: e,
                 })?;
         }
+        if self.resumable {
+            self.write_progress().map_err(|e| SinkError::Io {
+                sink: "file".into(),
+                source: e,
+            })?;
+        }
         self.durable = self.received;
         Ok(())
     }
 
     fn durable_frontier(&self) -> i64 {
         self.durable
+    }
+
+    fn resume_frontier(&self, _table: Table) -> i64 {
+        self.resumed_from
+    }
+
+    fn set_checkpoint(&mut self, checkpoint: &str) {
+        self.checkpoint = Some(checkpoint.to_string());
+    }
+
+    fn resume_checkpoint(&self) -> Option<String> {
+        self.resumed_checkpoint.clone()
     }
 }

@@ -27,6 +27,7 @@
 
 pub mod driver;
 pub mod file;
+pub mod live;
 pub mod ops;
 pub mod testing;
 
@@ -83,4 +84,6 @@ pub enum EngineError {
     Source(String),
     #[error("invalid settings: {0}")]
     Settings(String),
+    #[error("stopped: another worker failed")]
+    PeerFailed,
 }

@@ -26,7 +26,7 @@ pub use dead_letter::{DeadLetter, DeadLetterProducer, RAW_LIMIT};
 pub use error::KafkaError;
 pub use produce::{message_key, now_ms, produce, ProduceArgs, ProduceReport, StreamReport};
 pub use source::{
-    CommitOutcome, KafkaSource, PartitionStatus, RebalanceEvent, SourceRecord,
+    CommitOutcome, KafkaSource, PartitionStatus, RebalanceEvent, SourceRecord, StartAt,
     DEFAULT_FETCH_WAIT_MS,
 };
 pub use track::{KafkaTrackPublisher, DEFAULT_TRACK_DELIVERY_TIMEOUT};

@@ -49,6 +49,15 @@ use crate::{KafkaConfig, KafkaError};
 /// `fetch.wait.max.ms` used unless `properties` sets it (librdkafka's default is 500).
 pub const DEFAULT_FETCH_WAIT_MS: &str = "50";
 
+/// Where a statically assigned source starts reading each partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    /// The earliest retained offset (replay everything).
+    Beginning,
+    /// The group's committed offset, or the earliest when none is committed.
+    Committed,
+}
+
 /// A change of this source's partition assignment, in the order librdkafka reported them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RebalanceEvent {
@@ -222,6 +231,109 @@ impl KafkaSource {
             partitions: BTreeMap::new(),
             events: Vec::new(),
         })
+    }
+
+    /// Creates a consumer with a **static** assignment instead of a group subscription: the
+    /// partitions of the four input topics (sorted by stream, then partition) are dealt out
+    /// round robin over the `peers` workers of the timely cluster, and worker `worker` reads
+    /// its share. The timely cluster is then the consumer group: no rebalance ever moves a
+    /// partition while the dataflow holds state built from it. The group id is used only to
+    /// commit offsets (see [`KafkaSource::commit`]) and read them back.
+    ///
+    /// Every assigned partition is read from `start` (the engine replays from the beginning
+    /// to rebuild its in-memory state after a restart). The offsets the group had committed
+    /// are read first and reported in [`PartitionStatus::committed`]. The topics must exist;
+    /// a missing one is an error naming it.
+    pub fn assigned(
+        config: &KafkaConfig,
+        worker: usize,
+        peers: usize,
+        start: StartAt,
+        timeout: Duration,
+    ) -> Result<KafkaSource, KafkaError> {
+        let mut cc = config.client_config()?;
+        cc.set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        if !config.properties.contains_key("fetch.wait.max.ms") {
+            cc.set("fetch.wait.max.ms", DEFAULT_FETCH_WAIT_MS);
+        }
+        if !config.properties.contains_key("client.id") {
+            cc.set("client.id", format!("adflow-{}-{worker}", config.group_id));
+        }
+        let context = SourceContext {
+            topic_prefix: config.topic_prefix.clone(),
+            events: Mutex::new(Vec::new()),
+        };
+        let consumer: BaseConsumer<SourceContext> = cc
+            .create_with_context(context)
+            .map_err(KafkaError::Client)?;
+        let mut all = Vec::new();
+        for stream in StreamKind::ALL {
+            let topic = config.topic(stream);
+            let md = consumer
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(KafkaError::Metadata)?;
+            let count = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map_or(0, |t| t.partitions().len());
+            if count == 0 {
+                return Err(KafkaError::Config(format!(
+                    "topic {topic} does not exist (or has no partitions)"
+                )));
+            }
+            all.extend((0..count as i32).map(|p| (stream, p)));
+        }
+        let mine: Vec<(StreamKind, i32)> = all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % peers.max(1) == worker)
+            .map(|(_, sp)| sp)
+            .collect();
+        let mut source = KafkaSource {
+            config: config.clone(),
+            consumer,
+            partitions: BTreeMap::new(),
+            events: Vec::new(),
+        };
+        let now = SystemTime::now();
+        for &(stream, partition) in &mine {
+            source.partitions.insert(
+                (stream, partition),
+                PartitionStatus {
+                    stream,
+                    partition,
+                    assigned_at: now,
+                    last_message_at: None,
+                    next_offset: None,
+                    committed: None,
+                },
+            );
+        }
+        for (stream, partition, committed) in source.committed_offsets(timeout)? {
+            if let Some(st) = source.partitions.get_mut(&(stream, partition)) {
+                st.committed = committed;
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &(stream, partition) in &mine {
+            let offset = match start {
+                StartAt::Beginning => Offset::Beginning,
+                StartAt::Committed => match source.partitions[&(stream, partition)].committed {
+                    Some(o) => Offset::Offset(o),
+                    None => Offset::Beginning,
+                },
+            };
+            tpl.add_partition_offset(&config.topic(stream), partition, offset)
+                .map_err(KafkaError::Commit)?;
+        }
+        source.consumer.assign(&tpl).map_err(KafkaError::Client)?;
+        info!(worker, partitions = ?mine, ?start, "kafka source assigned");
+        Ok(source)
     }
 
     /// The configuration this source was built from.

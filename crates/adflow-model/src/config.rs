@@ -126,6 +126,41 @@ pub struct Settings {
     /// Environment variable holding the phone HMAC secret (default `ADFLOW_PHONE_SECRET`;
     /// when unset a built-in development secret is used and a warning is logged).
     pub phone_secret_env: String,
+    /// `[kafka]`: the live source (`adflow run --kafka`); command-line flags override it.
+    pub kafka: KafkaSettings,
+}
+
+/// The `[kafka]` table of the settings file. See `docs/kafka.md`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// Bootstrap brokers, `host:port[,host:port...]` (empty: give `--kafka`).
+    pub brokers: String,
+    /// Prefix of the topic names (`<prefix>ad_events`, ..., `<prefix>dead_letters`).
+    pub topic_prefix: String,
+    /// Consumer group id under which offsets are committed (default `adflow`).
+    pub group_id: String,
+    /// A partition that has delivered nothing for this long no longer holds event time back;
+    /// when every partition is that idle, event time follows the wall clock (default 10 s).
+    pub idle_timeout: Millis,
+    /// How often sinks are flushed and offsets committed (default 1 s).
+    pub commit_interval: Millis,
+    /// Extra librdkafka properties (security, timeouts, ...), passed through as they are.
+    /// Keys adflow manages itself (group, auto-commit, offsets, ...) are rejected.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: String::new(),
+            topic_prefix: String::new(),
+            group_id: "adflow".into(),
+            idle_timeout: Millis(10 * SECOND),
+            commit_interval: Millis(SECOND),
+            properties: Default::default(),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -150,6 +185,7 @@ impl Default for Settings {
             state_retention: Millis(14 * DAY),
             tick: Millis(SECOND),
             phone_secret_env: "ADFLOW_PHONE_SECRET".into(),
+            kafka: KafkaSettings::default(),
         }
     }
 }
@@ -181,6 +217,8 @@ impl Settings {
             ("no_impression_window", self.no_impression_window),
             ("state_retention", self.state_retention),
             ("tick", self.tick),
+            ("kafka.idle_timeout", self.kafka.idle_timeout),
+            ("kafka.commit_interval", self.kafka.commit_interval),
         ] {
             if v.0 <= 0 {
                 return bad(format!("{name} must be positive"));

@@ -343,7 +343,7 @@ impl Change {
         let mut out = Vec::with_capacity(256);
         self.write_json_line(&mut out);
         out.pop(); // the newline
-        // `write_json_line` writes serde_json output and ASCII only.
+                   // `write_json_line` writes serde_json output and ASCII only.
         String::from_utf8(out).unwrap_or_default()
     }
 

@@ -39,4 +39,18 @@ pub trait Sink: Send {
 
     /// Every change with `version` below this frontier is durably stored.
     fn durable_frontier(&self) -> i64;
+    /// Changes of `table` with `version` below this frontier were stored by an earlier run
+    /// that this sink resumes (live mode replays its input after a restart): the engine does
+    /// not hand them over again. `i64::MIN` (the default) for a sink that starts empty.
+    fn resume_frontier(&self, _table: crate::output::Table) -> i64 {
+        i64::MIN
+    }
+    /// Sinks that can resume store this opaque engine checkpoint with their next `flush`,
+    /// atomically with the data (the live engine records which input it had read when it
+    /// released the flushed frontier). Default: ignored.
+    fn set_checkpoint(&mut self, _checkpoint: &str) {}
+    /// The checkpoint stored with the data this sink resumed from, if any.
+    fn resume_checkpoint(&self) -> Option<String> {
+        None
+    }
 }
