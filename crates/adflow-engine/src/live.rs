@@ -610,3 +610,91 @@ fn live_worker(
     );
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(resume: Option<Checkpoint>) -> Shared {
+        Shared {
+            replaying: Mutex::new(
+                resume
+                    .as_ref()
+                    .map(|c| c.marks().into_keys().collect())
+                    .unwrap_or_default(),
+            ),
+            resume,
+            marks: Mutex::new(HashMap::new()),
+            durable_marks: Mutex::new(HashMap::new()),
+            parts: Mutex::new(BTreeMap::new()),
+            durable: AtomicI64::new(i64::MIN),
+            stop_at: Mutex::new(None),
+            final_flushed: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            started: Instant::now(),
+        }
+    }
+
+    fn set(s: &Shared, p: i32, max_ts: Option<i64>, last: Instant) {
+        lock(&s.parts).insert((StreamKind::AdEvents, p), Part { max_ts, last });
+    }
+
+    #[test]
+    fn watermark_is_the_smallest_active_partition_and_idles_forward() {
+        let s = shared(None);
+        let t0 = s.started;
+        let idle = Duration::from_secs(10);
+        set(&s, 0, Some(100_000), t0);
+        set(&s, 1, None, t0);
+        // A partition without data holds event time back during its first idle timeout.
+        assert_eq!(s.watermark(t0 + Duration::from_secs(1), 5_000, idle), None);
+        set(&s, 1, Some(50_000), t0 + Duration::from_secs(2));
+        assert_eq!(
+            s.watermark(t0 + Duration::from_secs(3), 5_000, idle),
+            Some(45_000)
+        );
+        // Partition 0 goes idle: it no longer holds back... partition 1 is the only active one.
+        set(&s, 0, Some(100_000), t0);
+        assert_eq!(
+            s.watermark(t0 + Duration::from_secs(11), 5_000, idle),
+            Some(45_000)
+        );
+        // Everything idle: from the largest watermark on, with the wall clock.
+        assert_eq!(
+            s.watermark(t0 + Duration::from_secs(12), 5_000, idle),
+            Some(95_000)
+        );
+        assert_eq!(
+            s.watermark(t0 + Duration::from_secs(15), 5_000, idle),
+            Some(98_000)
+        );
+    }
+
+    #[test]
+    fn replay_holds_event_time_below_the_checkpoint() {
+        let cp = Checkpoint {
+            frontier: 60_000,
+            read: vec![("ad_events".into(), 0, 7)],
+        };
+        let s = shared(Some(cp));
+        let t0 = s.started;
+        set(&s, 0, Some(100_000), t0);
+        let idle = Duration::from_secs(10);
+        assert_eq!(s.watermark(t0, 0, idle), Some(59_999));
+        lock(&s.replaying).clear();
+        assert_eq!(s.watermark(t0, 0, idle), Some(100_000));
+    }
+
+    #[test]
+    fn checkpoint_marks_count_messages_read_below_the_frontier() {
+        let s = shared(None);
+        let key = (StreamKind::Orders, 2);
+        lock(&s.marks).insert(key, VecDeque::from(vec![(10, 5), (20, 9), (30, 12)]));
+        let cp = s.checkpoint(21);
+        assert_eq!(cp.frontier, 21);
+        assert_eq!(cp.read, vec![("orders".to_string(), 2, 9)]);
+        // The mark carries over; later batches count once the frontier passes them.
+        assert_eq!(s.checkpoint(25).read, vec![("orders".to_string(), 2, 9)]);
+        assert_eq!(s.checkpoint(31).read, vec![("orders".to_string(), 2, 12)]);
+    }
+}

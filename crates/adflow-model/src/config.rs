@@ -279,4 +279,19 @@ mod tests {
         assert!(Settings::from_toml("stall_threshold = \"24\"").is_err());
         assert_eq!(Millis::parse("250ms"), Ok(Millis(250)));
     }
+
+    #[test]
+    fn kafka_table() {
+        let s = Settings::from_toml(
+            "[kafka]\nbrokers = \"b:9092\"\nidle_timeout = \"2s\"\n[kafka.properties]\n\"security.protocol\" = \"SSL\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.kafka.brokers, "b:9092");
+        assert_eq!(s.kafka.idle_timeout, Millis(2 * SECOND));
+        assert_eq!(s.kafka.commit_interval, Millis(SECOND));
+        assert_eq!(s.kafka.group_id, "adflow");
+        assert_eq!(s.kafka.properties["security.protocol"], "SSL");
+        assert!(Settings::from_toml("[kafka]\nbogus = 1\n").is_err());
+        assert!(Settings::from_toml("[kafka]\nidle_timeout = \"0s\"\n").is_err());
+    }
 }
