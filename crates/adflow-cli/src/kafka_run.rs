@@ -43,6 +43,11 @@ impl LiveSource for KafkaLive {
         self.source.poll_batch(max, wait).map_err(src_err)
     }
 
+    fn caught_up(&mut self, stream: StreamKind, partition: i32) -> bool {
+        self.source
+            .caught_up(stream, partition, Duration::from_millis(500))
+    }
+
     fn commit(&mut self, offsets: &[(StreamKind, i32, i64)]) -> Result<(), EngineError> {
         // Never move a committed offset backwards (a replay re-reads what an earlier run
         // committed).

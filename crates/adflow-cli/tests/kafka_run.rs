@@ -89,6 +89,46 @@ fn produce(dir: &Path, brokers: &str, prefix: &str, rate: Option<&str>) -> Comma
     c
 }
 
+/// Splits the data set: the first 60% of every file into `h1`, the rest into `h2`.
+fn split_input(dir: &Path) {
+    for half in ["h1", "h2"] {
+        std::fs::create_dir_all(dir.join(half)).unwrap();
+    }
+    for entry in std::fs::read_dir(dir.join("in")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let k = lines.len() * 6 / 10;
+        let name = path.file_name().unwrap();
+        let join = |ls: &[&str]| ls.iter().map(|l| format!("{l}\n")).collect::<String>();
+        std::fs::write(dir.join("h1").join(name), join(&lines[..k])).unwrap();
+        std::fs::write(dir.join("h2").join(name), join(&lines[k..])).unwrap();
+    }
+}
+
+fn tansu(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services/tansu.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tansu.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Stops the test's own broker even when the test fails.
+struct Broker(String);
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| tansu(&["stop", "--port", &self.0]));
+    }
+}
+
 fn run_kafka(dir: &Path, brokers: &str, prefix: &str, out: &str) -> Command {
     let mut c = adflow();
     c.args([
@@ -237,5 +277,64 @@ fn kafka_run_killed_and_restarted_counts_nothing_twice() {
     assert!(progress.contains("checkpoint"), "{progress}");
     assert!(producer.wait().unwrap().success());
     ok(run_kafka(dir, &brokers, &p, "kafka").args(["--exit-when-idle", "4"]));
+    assert_same(&dir.join("file"), &dir.join("kafka"));
+}
+
+#[test]
+fn kafka_run_survives_a_broker_restart() {
+    // Needs the tansu binary the suite's broker runs on; starts its own broker with sqlite
+    // storage so it can be restarted with its data.
+    let Some(_) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    setup(dir);
+    split_input(dir);
+    let port = (20000 + std::process::id() % 5000).to_string();
+    let db = dir.join("broker/k.db");
+    let db = db.to_str().unwrap();
+    let brokers = tansu(&["start", "--port", &port, "--sqlite", db]);
+    let _guard = Broker(port.clone());
+    let p = prefix("restart");
+    let mut first = adflow();
+    first
+        .arg("produce")
+        .arg("--input")
+        .arg(dir.join("h1"))
+        .args([
+            "--kafka",
+            &brokers,
+            "--topic-prefix",
+            &p,
+            "--partitions",
+            "4",
+        ]);
+    ok(&mut first);
+    let mut consumer = run_kafka(dir, &brokers, &p, "kafka")
+        .args(["--exit-when-idle", "6"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The broker goes away while the consumer reads the first part, and comes back.
+    std::thread::sleep(Duration::from_millis(500));
+    tansu(&["stop", "--port", &port]);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(tansu(&["start", "--port", &port, "--sqlite", db]), brokers);
+    let mut second = adflow();
+    second
+        .arg("produce")
+        .arg("--input")
+        .arg(dir.join("h2"))
+        .args(["--kafka", &brokers, "--topic-prefix", &p]);
+    ok(&mut second);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = consumer.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "consumer did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success());
     assert_same(&dir.join("file"), &dir.join("kafka"));
 }

@@ -63,6 +63,12 @@ pub trait LiveSource {
     fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<RawMessage>, EngineError>;
     /// Commits, per partition, the next offset to read.
     fn commit(&mut self, offsets: &[(StreamKind, i32, i64)]) -> Result<(), EngineError>;
+    /// Whether everything the partition holds (as far as the source knows) has been read.
+    /// Only a caught-up partition can be idle: one that merely cannot be read (broker
+    /// unreachable) keeps holding event time back.
+    /// Asked only for partitions that have been quiet for the idle timeout, so it may query
+    /// the broker (briefly).
+    fn caught_up(&mut self, stream: StreamKind, partition: i32) -> bool;
 }
 
 /// Builds the live source of worker `index` of `peers`.
@@ -86,6 +92,14 @@ pub struct LiveOptions {
 struct Part {
     max_ts: Option<i64>,
     last: Instant,
+    /// Everything the partition holds has been read.
+    caught_up: bool,
+}
+
+impl Part {
+    fn idle(&self, now: Instant, idle: Duration) -> bool {
+        self.caught_up && now.saturating_duration_since(self.last) >= idle
+    }
 }
 
 /// What the live engine stores with a sink flush (see the module docs).
@@ -149,7 +163,7 @@ impl Shared {
             if let Some(m) = p.max_ts {
                 max_seen = Some(max_seen.map_or(m, |x| x.max(m)));
             }
-            if now.saturating_duration_since(p.last) < idle {
+            if !p.idle(now, idle) {
                 any_active = true;
                 match p.max_ts {
                     Some(m) => min_active = min_active.min(m),
@@ -201,9 +215,12 @@ impl Shared {
         Checkpoint { frontier: f, read }
     }
 
-    /// How long every partition has been idle.
+    /// How long every partition has been idle (zero while one is not known to be drained).
     fn all_idle_for(&self, now: Instant) -> Duration {
         let parts = lock(&self.parts);
+        if parts.values().any(|p| !p.caught_up) {
+            return Duration::ZERO;
+        }
         let last = parts.values().map(|p| p.last).max().unwrap_or(self.started);
         now.saturating_duration_since(last)
     }
@@ -434,6 +451,7 @@ fn live_worker(
                 Part {
                     max_ts: None,
                     last: now,
+                    caught_up: false,
                 },
             );
         }
@@ -455,6 +473,7 @@ fn live_worker(
     let mut last_log = Instant::now();
     let mut committed_up_to = i64::MIN;
     let mut handed = i64::MIN;
+    let mut last_drain_check = Instant::now();
     let started = Instant::now();
 
     loop {
@@ -510,6 +529,7 @@ fn live_worker(
                     let p = parts.entry(key).or_insert(Part {
                         max_ts: None,
                         last: now,
+                        caught_up: false,
                     });
                     p.last = now;
                     if m > i64::MIN {
@@ -525,6 +545,32 @@ fn live_worker(
                 if replaying.contains(&key) && resume_marks.get(&key).is_some_and(|&g| next >= g) {
                     replaying.remove(&key);
                     tracing::info!(stream = %key.0, partition = key.1, "replay caught up");
+                }
+            }
+        }
+        // Quiet partitions: are they drained, or just unreadable? Asked at most once a second.
+        if last_drain_check.elapsed() >= Duration::from_secs(1) {
+            last_drain_check = Instant::now();
+            let now = Instant::now();
+            let quiet: Vec<(StreamKind, i32)> = {
+                let parts = lock(&shared.parts);
+                mine.iter()
+                    .copied()
+                    .filter(|k| {
+                        parts.get(k).is_some_and(|p| {
+                            now.saturating_duration_since(p.last) >= live.idle_timeout
+                        })
+                    })
+                    .collect()
+            };
+            let drained: Vec<((StreamKind, i32), bool)> = quiet
+                .into_iter()
+                .map(|(s, p)| ((s, p), source.caught_up(s, p)))
+                .collect();
+            let mut parts = lock(&shared.parts);
+            for (k, d) in drained {
+                if let Some(p) = parts.get_mut(&k) {
+                    p.caught_up = d;
                 }
             }
         }
@@ -636,7 +682,14 @@ mod tests {
     }
 
     fn set(s: &Shared, p: i32, max_ts: Option<i64>, last: Instant) {
-        lock(&s.parts).insert((StreamKind::AdEvents, p), Part { max_ts, last });
+        lock(&s.parts).insert(
+            (StreamKind::AdEvents, p),
+            Part {
+                max_ts,
+                last,
+                caught_up: true,
+            },
+        );
     }
 
     #[test]
@@ -668,6 +721,20 @@ mod tests {
             s.watermark(t0 + Duration::from_secs(15), 5_000, idle),
             Some(98_000)
         );
+        assert_eq!(
+            s.all_idle_for(t0 + Duration::from_secs(15)),
+            Duration::from_secs(13)
+        );
+        // A quiet partition not known to be drained (broker unreachable) is not idle.
+        lock(&s.parts)
+            .get_mut(&(StreamKind::AdEvents, 1))
+            .unwrap()
+            .caught_up = false;
+        assert_eq!(
+            s.watermark(t0 + Duration::from_secs(15), 5_000, idle),
+            Some(45_000)
+        );
+        assert_eq!(s.all_idle_for(t0 + Duration::from_secs(15)), Duration::ZERO);
     }
 
     #[test]

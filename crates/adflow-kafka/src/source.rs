@@ -519,6 +519,30 @@ impl KafkaSource {
         Ok(outcome)
     }
 
+    /// Whether this source has read everything the partition holds: the next offset to read
+    /// has reached the partition's high watermark, asked from the broker (`ListOffsets`,
+    /// waiting at most `timeout`). `false` when the broker cannot be asked (down, unreachable)
+    /// — a partition that cannot be read is not known to be drained.
+    pub fn caught_up(&mut self, stream: StreamKind, partition: i32, timeout: Duration) -> bool {
+        let Some(status) = self.partitions.get(&(stream, partition)) else {
+            return false;
+        };
+        let next = status.next_offset;
+        match self
+            .consumer
+            .fetch_watermarks(&self.config.topic(stream), partition, timeout)
+        {
+            Ok((low, high)) => {
+                debug!(%stream, partition, low, high, ?next, "high watermark");
+                next.unwrap_or(low.max(0)) >= high
+            }
+            Err(e) => {
+                debug!(%stream, partition, error = %e, "high watermark unknown");
+                false
+            }
+        }
+    }
+
     /// Asks the group coordinator for the committed offsets of the current assignment
     /// (`None`: nothing committed). Blocks up to `timeout`.
     pub fn committed_offsets(
