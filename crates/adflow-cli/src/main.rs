@@ -70,6 +70,10 @@ struct RunArgs {
     /// of the idle watermark advance are written.
     #[arg(long, value_name = "SECS", requires = "kafka")]
     exit_when_idle: Option<f64>,
+    /// Live mode: measure and print the latency from each message's produce timestamp until
+    /// its effects are handed to the sinks (p50/p99/max), and the consumed rate (benchmarks).
+    #[arg(long, requires = "kafka")]
+    latency: bool,
     /// Worker threads.
     #[arg(long, short = 'w', default_value_t = 1)]
     workers: usize,

@@ -100,6 +100,20 @@ pub struct RunReport {
     pub changes: u64,
     /// The final watermark (file mode: the largest event time), if any event was seen.
     pub final_watermark: Option<i64>,
+    /// Live mode with latency measurement: from each message's produce timestamp to the
+    /// moment its effects were handed to the sinks.
+    pub latency: Option<LatencySummary>,
+}
+
+/// Latency percentiles of a live run (milliseconds), and the span between the first and the
+/// last message read (for the consumed rate).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatencySummary {
+    pub samples: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+    pub ingest_span_ms: u64,
 }
 
 impl RunReport {
@@ -111,6 +125,9 @@ impl RunReport {
         self.dead_letters += o.dead_letters;
         self.changes += o.changes;
         self.final_watermark = self.final_watermark.max(o.final_watermark);
+        if o.latency.is_some() {
+            self.latency = o.latency.clone();
+        }
     }
 }
 

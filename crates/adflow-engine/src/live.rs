@@ -3,9 +3,10 @@
 //!
 //! # Event time
 //! Every partition has its own watermark, the largest `ts` it delivered minus the allowed
-//! lateness. The stream's watermark is the smallest watermark of the *active* partitions (those
-//! that delivered a message within `idle_timeout`); an idle partition does not hold event time
-//! back. A partition that has not delivered anything yet counts as active for its first
+//! lateness. The stream's watermark is the smallest watermark of the *active* partitions; a
+//! partition is idle (not active) once it has delivered nothing for `idle_timeout` and the
+//! source reports it drained ([`LiveSource::caught_up`]); an idle partition does not hold
+//! event time back. A partition that has not delivered anything yet counts as active for its first
 //! `idle_timeout`, so a quiet start does not race ahead of data still on its way. When every
 //! partition is idle, event time follows the wall clock: it moves on from the largest
 //! partition watermark by the wall-clock time elapsed since the last message (minus the idle
@@ -60,7 +61,12 @@ pub trait LiveSource {
     fn committed_at_start(&self) -> Vec<(StreamKind, i32, i64)>;
     /// Up to `max` messages, waiting at most `wait` for the first one. Each message's
     /// position is [`Position::Kafka`] (partition and offset are used).
-    fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<RawMessage>, EngineError>;
+    /// Each message comes with its produce timestamp (epoch ms) when the source knows it.
+    fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<(RawMessage, Option<i64>)>, EngineError>;
     /// Commits, per partition, the next offset to read.
     fn commit(&mut self, offsets: &[(StreamKind, i32, i64)]) -> Result<(), EngineError>;
     /// Whether everything the partition holds (as far as the source knows) has been read.
@@ -86,6 +92,69 @@ pub struct LiveOptions {
     pub exit_when_idle: Option<Duration>,
     /// Set (by a signal handler) to stop: in-flight work is finished, flushed and committed.
     pub shutdown: Arc<AtomicBool>,
+    /// Measure the latency from each message's produce timestamp until its effects are
+    /// handed to the sinks (benchmarks; costs a map entry per message).
+    pub measure_latency: bool,
+}
+
+/// Latency bookkeeping (see [`LiveOptions::measure_latency`]).
+#[derive(Default)]
+struct Latency {
+    /// Insert time → produce timestamps of the messages inserted then.
+    pending: BTreeMap<Time, Vec<i64>>,
+    /// Histogram in milliseconds; the last bucket collects everything longer.
+    histogram: Vec<u64>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+const LATENCY_BUCKETS: usize = 600_001;
+
+impl Latency {
+    fn release(&mut self, frontier: Time, now_ms: i64) {
+        if self.histogram.is_empty() {
+            self.histogram = vec![0; LATENCY_BUCKETS];
+        }
+        let later = self.pending.split_off(&frontier);
+        for (_, produced) in std::mem::replace(&mut self.pending, later) {
+            for p in produced {
+                let ms = (now_ms - p).clamp(0, LATENCY_BUCKETS as i64 - 1) as usize;
+                self.histogram[ms] += 1;
+            }
+        }
+    }
+
+    fn summary(&self) -> crate::driver::LatencySummary {
+        let samples: u64 = self.histogram.iter().sum();
+        let pct = |q: f64| {
+            let target = ((samples as f64) * q).ceil().max(1.0) as u64;
+            let mut acc = 0;
+            for (ms, n) in self.histogram.iter().enumerate() {
+                acc += n;
+                if acc >= target {
+                    return ms as u64;
+                }
+            }
+            0
+        };
+        crate::driver::LatencySummary {
+            samples,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            max_ms: self.histogram.iter().rposition(|&n| n > 0).unwrap_or(0) as u64,
+            ingest_span_ms: match (self.first, self.last) {
+                (Some(a), Some(b)) => b.saturating_duration_since(a).as_millis() as u64,
+                _ => 0,
+            },
+        }
+    }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -142,6 +211,7 @@ struct Shared {
     final_flushed: AtomicBool,
     /// A worker returned an error: the others stop waiting for it.
     failed: AtomicBool,
+    latency: Mutex<Latency>,
     started: Instant,
 }
 
@@ -273,6 +343,7 @@ pub fn run_live(
         stop_at: Mutex::new(None),
         final_flushed: AtomicBool::new(false),
         failed: AtomicBool::new(false),
+        latency: Mutex::new(Latency::default()),
         started: Instant::now(),
     });
     let config = timely::Config::process(opts.workers);
@@ -508,7 +579,8 @@ fn live_worker(
             let cur = *ev_in.time();
             let ingest = Ingest::new(opts, cur);
             let mut seen: HashMap<(StreamKind, i32), (i64, i64)> = HashMap::new();
-            for msg in &msgs {
+            let mut produced: Vec<(Time, i64)> = Vec::new();
+            for (msg, produced_at) in &msgs {
                 let Some((partition, offset)) = kafka_pos(msg) else {
                     continue;
                 };
@@ -516,6 +588,12 @@ fn live_worker(
                 let old = resume_marks.get(&key).is_some_and(|&g| offset < g);
                 let floor = if old { 0 } else { resume_f };
                 let got = ingest.ingest(msg, &mut report, &mut ev_in, &mut dl_in, !old, floor);
+                if let (true, Some(p)) = (live.measure_latency, produced_at) {
+                    let at = match got {
+                        Ingested::Event { at, .. } | Ingested::Rejected { at } => at,
+                    };
+                    produced.push((at, *p));
+                }
                 let e = seen.entry(key).or_insert((i64::MIN, offset + 1));
                 e.1 = e.1.max(offset + 1);
                 if let Ingested::Event { ts, .. } = got {
@@ -523,6 +601,14 @@ fn live_worker(
                 }
             }
             let now = Instant::now();
+            if live.measure_latency {
+                let mut lat = lock(&shared.latency);
+                lat.first.get_or_insert(now);
+                lat.last = Some(now);
+                for (at, p) in produced {
+                    lat.pending.entry(at).or_default().push(p);
+                }
+            }
             {
                 let mut parts = lock(&shared.parts);
                 for (&key, &(m, _)) in &seen {
@@ -595,6 +681,9 @@ fn live_worker(
 
         if index == 0 {
             deliver(&buffer, &mut sinks, &resume, &mut report, &mut handed)?;
+            if live.measure_latency && handed > 0 {
+                lock(&shared.latency).release(handed as Time, wall_ms());
+            }
             if last_flush.elapsed() >= live.commit_interval {
                 last_flush = Instant::now();
                 flush_all(&mut sinks, shared, handed)?;
@@ -633,6 +722,11 @@ fn live_worker(
             worker.step();
         }
         deliver(&buffer, &mut sinks, &resume, &mut report, &mut handed)?;
+        if live.measure_latency && handed > 0 {
+            let mut lat = lock(&shared.latency);
+            lat.release(handed as Time, wall_ms());
+            report.latency = Some(lat.summary());
+        }
         flush_all(&mut sinks, shared, handed)?;
         shared.final_flushed.store(true, Ordering::SeqCst);
     } else {
@@ -677,6 +771,7 @@ mod tests {
             stop_at: Mutex::new(None),
             final_flushed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            latency: Mutex::new(Latency::default()),
             started: Instant::now(),
         }
     }
@@ -735,6 +830,20 @@ mod tests {
             Some(45_000)
         );
         assert_eq!(s.all_idle_for(t0 + Duration::from_secs(15)), Duration::ZERO);
+    }
+
+    #[test]
+    fn latency_percentiles() {
+        let mut l = Latency::default();
+        for i in 0..100 {
+            l.pending.entry(i as Time).or_default().push(1_000 - i);
+        }
+        l.pending.entry(500).or_default().push(0);
+        // Released at wall clock 1_000: latencies 0..=99 ms; the entry at 500 waits.
+        l.release(100, 1_000);
+        let s = l.summary();
+        assert_eq!((s.samples, s.p50_ms, s.p99_ms, s.max_ms), (100, 49, 98, 99));
+        assert_eq!(l.pending.len(), 1);
     }
 
     #[test]

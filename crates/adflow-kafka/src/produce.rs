@@ -186,16 +186,50 @@ struct LineReader {
     stream: StreamKind,
     path: PathBuf,
     reader: BufReader<File>,
+    /// The next line and its event time (its own `ts` when it can be read, else the previous
+    /// line's), read ahead so the files can be merged in event-time order.
+    next: Option<(i64, Vec<u8>)>,
+    last_ts: i64,
+}
+
+impl LineReader {
+    /// Reads the next line into `next` (`None` at the end of the file).
+    fn fill(&mut self) -> Result<(), KafkaError> {
+        let mut buf = Vec::new();
+        let n = self
+            .reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|source| KafkaError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.next = if n == 0 {
+            None
+        } else {
+            // The zone only matters for zone-less timestamps; ordering tolerates it.
+            if let Some(ts) = adflow_model::event::peek_ts(&buf, 8 * 60) {
+                self.last_ts = ts;
+            }
+            Some((self.last_ts, buf))
+        };
+        Ok(())
+    }
 }
 
 fn open_reader(dir: &Path, stream: StreamKind) -> Result<Option<LineReader>, KafkaError> {
     let path = dir.join(format!("{}.jsonl", stream.name()));
     match File::open(&path) {
-        Ok(f) => Ok(Some(LineReader {
-            stream,
-            path,
-            reader: BufReader::with_capacity(1 << 16, f),
-        })),
+        Ok(f) => {
+            let mut r = LineReader {
+                stream,
+                path,
+                reader: BufReader::with_capacity(1 << 16, f),
+                next: None,
+                last_ts: i64::MIN,
+            };
+            r.fill()?;
+            Ok(Some(r))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(KafkaError::Io { path, source }),
     }
@@ -204,8 +238,10 @@ fn open_reader(dir: &Path, stream: StreamKind) -> Result<Option<LineReader>, Kaf
 /// Publishes every non-blank line of `DIR/<stream>.jsonl` to `<prefix><stream>` unchanged
 /// (malformed lines included, so dead letters can be exercised), keyed by [`message_key`], with
 /// the wall clock at send time as the Kafka message timestamp (for end-to-end latency). The four
-/// files are interleaved line by line; within a file the order is kept (and so is the order of a
-/// key within its partition). With `rate`, sending is paced to that many lines per second.
+/// files are merged in event-time order (by each line's `ts`; a line without a readable `ts`
+/// keeps its file's previous one), as the file mode reads them, so the topics fill the way a
+/// live source would; within a file the order is kept (and so is the order of a key within its
+/// partition). With `rate`, sending is paced to that many lines per second.
 /// Returns once every message is acknowledged; any failed delivery is an error.
 pub fn produce(args: &ProduceArgs) -> Result<ProduceReport, KafkaError> {
     if let Some(rate) = args.rate {
@@ -244,24 +280,18 @@ pub fn produce(args: &ProduceArgs) -> Result<ProduceReport, KafkaError> {
 
     let topics: Vec<String> = StreamKind::ALL.iter().map(|s| config.topic(*s)).collect();
     let mut sent: u64 = 0;
-    let mut buf = Vec::with_capacity(4096);
-    while !readers.is_empty() {
-        let mut i = 0;
-        while i < readers.len() {
+    // The file whose next line has the smallest event time goes first (ties: stream order).
+    while let Some(i) = readers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.next.as_ref().map(|(ts, _)| (*ts, i)))
+        .min()
+        .map(|(_, i)| i)
+    {
+        {
             let r = &mut readers[i];
-            buf.clear();
-            let n = r
-                .reader
-                .read_until(b'\n', &mut buf)
-                .map_err(|source| KafkaError::Io {
-                    path: r.path.clone(),
-                    source,
-                })?;
-            if n == 0 {
-                readers.swap_remove(i);
-                continue;
-            }
-            i += 1;
+            let (_, mut buf) = r.next.take().unwrap_or_default();
+            r.fill()?;
             let stream = r.stream;
             let counts = report.streams.entry(stream).or_default();
             while matches!(buf.last(), Some(b'\n' | b'\r')) {
