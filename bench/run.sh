@@ -15,8 +15,8 @@ BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/adflow"
 WORK="${BENCH_DIR:-$ROOT/target/bench}"
 USERS="${USERS:-20000}"
 DAYS="${DAYS:-7}"
-DAYS_LIST="${DAYS_LIST:-3 6 12}"
-MEM_USERS="${MEM_USERS:-5000}"
+DAYS_LIST="${DAYS_LIST:-6 12 24 48}"
+MEM_USERS="${MEM_USERS:-1000}"
 mkdir -p "$WORK"
 command -v /usr/bin/time >/dev/null && command -v bc >/dev/null || { apt-get update -qq && apt-get install -y -qq time bc; }
 
