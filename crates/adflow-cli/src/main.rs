@@ -111,7 +111,17 @@ fn clickhouse_target(url: &str) -> (String, String) {
     }
 }
 
+/// The extra sink of a `--sink KIND=URL` flag in live mode (`kafka_run.rs`): resumable, see
+/// [`extra_sink_with`].
 fn extra_sink(spec: &str) -> Result<Box<dyn Sink>> {
+    extra_sink_with(spec, true)
+}
+
+/// The sink of a `--sink KIND=URL` flag. `resume` (live mode): the sink continues from the
+/// checkpoint an earlier run stored with its data (ClickHouse: `ClickHouseSink::resume`, the
+/// journal in the database) and keeps the checkpoints of this run; otherwise (file mode) it
+/// just writes.
+fn extra_sink_with(spec: &str, resume: bool) -> Result<Box<dyn Sink>> {
     let Some((kind, url)) = spec.split_once('=') else {
         bail!("--sink {spec:?}: expected KIND=URL, e.g. clickhouse=http://127.0.0.1:8123");
     };
@@ -120,7 +130,12 @@ fn extra_sink(spec: &str) -> Result<Box<dyn Sink>> {
             let (url, db) = clickhouse_target(url);
             let mut cfg = adflow_clickhouse::ClickHouseConfig::new(url, db);
             cfg.apply_schema = true;
-            Ok(Box::new(adflow_clickhouse::ClickHouseSink::new(cfg)?))
+            let sink = if resume {
+                adflow_clickhouse::ClickHouseSink::resume(cfg)?
+            } else {
+                adflow_clickhouse::ClickHouseSink::new(cfg)?
+            };
+            Ok(Box::new(sink))
         }
         other => bail!("--sink {spec:?}: unknown sink kind {other:?} (known: clickhouse)"),
     }
@@ -158,7 +173,7 @@ fn cmd_run(args: RunArgs) -> Result<()> {
     });
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(FileSink::create(&output)?)];
     for spec in &args.sinks {
-        sinks.push(extra_sink(spec)?);
+        sinks.push(extra_sink_with(spec, false)?);
     }
     let started = std::time::Instant::now();
     let report = run(

@@ -42,6 +42,10 @@ pub enum ClickHouseError {
     /// The sink's background writer is gone (it panicked or was shut down).
     #[error("clickhouse sink writer stopped: {0}")]
     WriterStopped(String),
+    /// A resumable sink cannot resume from what the database holds (the journal is missing
+    /// or unreadable, or the tables were written without a journal). Not retried.
+    #[error("clickhouse sink cannot resume: {0}")]
+    Resume(String),
     /// Starting the sink's runtime or thread failed.
     #[error("clickhouse sink: cannot start writer: {0}")]
     Start(#[source] std::io::Error),

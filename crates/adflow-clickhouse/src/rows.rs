@@ -4,9 +4,9 @@
 
 use adflow_model::{Change, OutputRow, Table};
 use clickhouse::Row;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Row, Serialize, Clone, Debug, Default)]
+#[derive(Row, Serialize, Deserialize, Clone, Debug, Default)]
 pub(crate) struct AttributionCh {
     order_id: String,
     person_id: String,
@@ -25,7 +25,7 @@ pub(crate) struct AttributionCh {
     batch_marker: String,
 }
 
-#[derive(Row, Serialize, Clone, Debug, Default)]
+#[derive(Row, Serialize, Deserialize, Clone, Debug, Default)]
 pub(crate) struct OrderStatusCh {
     order_id: String,
     person_id: String,
@@ -47,7 +47,7 @@ pub(crate) struct OrderStatusCh {
     batch_marker: String,
 }
 
-#[derive(Row, Serialize, Clone, Debug, Default)]
+#[derive(Row, Serialize, Deserialize, Clone, Debug, Default)]
 pub(crate) struct CampaignMetricsCh {
     campaign_id: String,
     channel: String,
@@ -70,7 +70,7 @@ pub(crate) struct CampaignMetricsCh {
     batch_marker: String,
 }
 
-#[derive(Row, Serialize, Clone, Debug, Default)]
+#[derive(Row, Serialize, Deserialize, Clone, Debug, Default)]
 pub(crate) struct AnomalyCh {
     kind: String,
     key: String,
@@ -82,7 +82,7 @@ pub(crate) struct AnomalyCh {
     batch_marker: String,
 }
 
-#[derive(Row, Serialize, Clone, Debug, Default)]
+#[derive(Row, Serialize, Deserialize, Clone, Debug, Default)]
 pub(crate) struct TriggerCh {
     trigger_id: String,
     kind: String,
@@ -95,7 +95,7 @@ pub(crate) struct TriggerCh {
     batch_marker: String,
 }
 
-#[derive(Row, Serialize, Clone, Debug, Default)]
+#[derive(Row, Serialize, Deserialize, Clone, Debug, Default)]
 pub(crate) struct SuppressedPersonCh {
     person_id: String,
     reason: String,
@@ -105,7 +105,7 @@ pub(crate) struct SuppressedPersonCh {
     batch_marker: String,
 }
 
-#[derive(Row, Serialize, Clone, Debug, Default)]
+#[derive(Row, Serialize, Deserialize, Clone, Debug, Default)]
 pub(crate) struct DeadLetterCh {
     stream: String,
     position: String,
@@ -117,8 +117,9 @@ pub(crate) struct DeadLetterCh {
     batch_marker: String,
 }
 
-/// The rows of one INSERT into one table: the batch's changes plus one marker row.
-#[derive(Debug)]
+/// The rows of one INSERT into one table: the batch's changes plus one marker row. Serialized
+/// (JSON) into the journal of a resumable sink, so that an INSERT can be repeated or undone.
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum TableRows {
     Attribution(Vec<AttributionCh>),
     OrderStatus(Vec<OrderStatusCh>),
@@ -141,6 +142,50 @@ impl TableRows {
             Table::SuppressedPersons => TableRows::SuppressedPersons(Vec::new()),
             Table::DeadLetters => TableRows::DeadLetters(Vec::new()),
         }
+    }
+
+    /// The table these rows belong to.
+    pub(crate) fn table(&self) -> Table {
+        match self {
+            TableRows::Attribution(_) => Table::Attribution,
+            TableRows::OrderStatus(_) => Table::OrderStatus,
+            TableRows::CampaignMetrics(_) => Table::CampaignMetrics,
+            TableRows::Anomalies(_) => Table::Anomalies,
+            TableRows::Triggers(_) => Table::Triggers,
+            TableRows::SuppressedPersons(_) => Table::SuppressedPersons,
+            TableRows::DeadLetters(_) => Table::DeadLetters,
+        }
+    }
+
+    /// The undo of these rows: every data row (markers dropped) with its sign negated, plus
+    /// the marker row of INSERT `id`. Written after the original, it cancels it exactly in
+    /// every row's `sum(sign)`, whatever merges did to the original rows meanwhile.
+    pub(crate) fn negated(&self, id: &str, frontier: i64) -> TableRows {
+        macro_rules! neg {
+            ($v:expr, $variant:ident) => {
+                TableRows::$variant(
+                    $v.iter()
+                        .filter(|r| r.batch_marker.is_empty())
+                        .map(|r| {
+                            let mut r = r.clone();
+                            r.sign = -r.sign;
+                            r
+                        })
+                        .collect(),
+                )
+            };
+        }
+        let mut out = match self {
+            TableRows::Attribution(v) => neg!(v, Attribution),
+            TableRows::OrderStatus(v) => neg!(v, OrderStatus),
+            TableRows::CampaignMetrics(v) => neg!(v, CampaignMetrics),
+            TableRows::Anomalies(v) => neg!(v, Anomalies),
+            TableRows::Triggers(v) => neg!(v, Triggers),
+            TableRows::SuppressedPersons(v) => neg!(v, SuppressedPersons),
+            TableRows::DeadLetters(v) => neg!(v, DeadLetters),
+        };
+        out.push_marker(id, frontier);
+        out
     }
 
     /// Number of rows (markers included).
@@ -320,6 +365,51 @@ mod tests {
 
     fn names<R: Row>() -> Vec<&'static str> {
         R::COLUMN_NAMES.to_vec()
+    }
+
+    #[test]
+    fn journal_json_round_trips_and_negation_cancels_data_rows_only() {
+        use adflow_model::output::TriggerRow;
+        let change = Change {
+            row: OutputRow::Trigger(TriggerRow {
+                trigger_id: "o1:review_coupon".into(),
+                kind: "review_coupon".into(),
+                order_id: "o1".into(),
+                person_id: "u1".into(),
+                campaign_id: None,
+                due_ts: 5,
+            }),
+            version: 7,
+            sign: 1,
+        };
+        let mut rows = TableRows::new(Table::Triggers);
+        rows.push(&change, 1);
+        rows.push(&change, -1);
+        rows.push(&change, 1);
+        rows.push_marker("id-1", 8);
+        let json = serde_json::to_string(&rows).unwrap();
+        let back: TableRows = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.table(), Table::Triggers);
+        let TableRows::Triggers(v) = &back else {
+            panic!("{back:?}")
+        };
+        assert_eq!(v.len(), 4);
+        assert_eq!(v[3].batch_marker, "id-1");
+        let undo = back.negated("id-1-undo", 8);
+        let TableRows::Triggers(u) = &undo else {
+            panic!("{undo:?}")
+        };
+        let signs: Vec<i8> = u.iter().map(|r| r.sign).collect();
+        assert_eq!(
+            signs,
+            vec![-1, 1, -1, 1],
+            "data rows negated, then the new marker"
+        );
+        assert_eq!(u[3].batch_marker, "id-1-undo");
+        assert_eq!(u[3].version, 8);
+        assert!(u[..3]
+            .iter()
+            .all(|r| r.batch_marker.is_empty() && r.version == 7));
     }
 
     #[test]

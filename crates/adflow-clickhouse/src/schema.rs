@@ -22,6 +22,9 @@
 //! `Decimal(18, 2)`, `details` the JSON object as `String`. No partitioning: one INSERT of up
 //! to [`crate::MAX_BATCH_ROWS`] rows is one part, written atomically.
 //!
+//! Migration 2 adds `adflow_journal`, the write-ahead journal of a resumable sink (live mode:
+//! checkpoints and the INSERTs of every batch, see [`crate::sink`]).
+//!
 //! # Migrations
 //! `<db>.schema_migrations (version UInt32, name String, applied_ms Int64)` records applied
 //! versions. Every statement is `IF NOT EXISTS`, and a migration is recorded after its
@@ -433,11 +436,36 @@ pub fn migrations(database: &str) -> Vec<Migration> {
         first.push(create_table_sql(database, table));
         first.push(create_view_sql(database, table));
     }
-    vec![Migration {
-        version: 1,
-        name: "changelog tables and current views",
-        statements: first,
-    }]
+    vec![
+        Migration {
+            version: 1,
+            name: "changelog tables and current views",
+            statements: first,
+        },
+        Migration {
+            version: 2,
+            name: "journal of the resumable sink",
+            statements: vec![create_journal_sql(database)],
+        },
+    ]
+}
+
+/// The journal of a resumable sink (live mode), see [`crate::sink`].
+pub const JOURNAL_TABLE: &str = "adflow_journal";
+
+/// Batches per partition of the journal: whole partitions before the latest checkpoint are
+/// dropped.
+pub(crate) const JOURNAL_PARTITION_BATCHES: u64 = 1024;
+
+/// `CREATE TABLE IF NOT EXISTS adflow_journal`: one row per batch (`chunk = 0`, `insert_id =
+/// ''`, with the engine checkpoint if the batch carries one) and one row per INSERT of the
+/// batch (`chunk` = 1, 2, ... in write order, its id and its rows as JSON), all written in one
+/// INSERT before the batch's data.
+pub(crate) fn create_journal_sql(database: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n    `seq` UInt64,\n    `batch_id` String,\n    `frontier` Int64,\n    `has_checkpoint` UInt8,\n    `checkpoint` String,\n    `chunk` UInt32,\n    `insert_id` String,\n    `table_name` String,\n    `payload` String,\n    `written_ms` Int64\n) ENGINE = MergeTree\nPARTITION BY intDiv(`seq`, {JOURNAL_PARTITION_BATCHES})\nORDER BY (`seq`, `chunk`)",
+        qualified(database, JOURNAL_TABLE)
+    )
 }
 
 fn create_database_sql(database: &str) -> String {
@@ -604,6 +632,8 @@ mod tests {
             );
         }
         assert!(sql.contains("schema_migrations"));
+        assert!(sql.contains("`adflow`.`adflow_journal` ("));
+        assert!(sql.contains("-- migration 2: journal of the resumable sink"));
     }
 
     #[test]

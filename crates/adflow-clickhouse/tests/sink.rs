@@ -5,12 +5,9 @@ mod common;
 
 use adflow_clickhouse::{apply_schema, apply_schema_with, ClickHouseConfig, ClickHouseSink};
 use adflow_model::{Sink, Table};
+use common::proxy::{start_proxy, upstream_addr, ProxyFaults};
 use common::*;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
 
 #[test]
 fn migrations_apply_once_and_reapply_as_no_op() {
@@ -18,22 +15,25 @@ fn migrations_apply_once_and_reapply_as_no_op() {
     let config = fresh_config(&url, "migrations");
     let rt = runtime();
     let first = rt.block_on(apply_schema(&url, &config.database)).unwrap();
-    assert_eq!(first.applied, vec![1]);
+    assert_eq!(first.applied, vec![1, 2]);
     assert!(first.already_applied.is_empty());
     let tables_sql = format!(
         "SELECT count() FROM system.tables WHERE database = '{}'",
         config.database
     );
     let tables = query_u64(&config, &tables_sql);
-    assert_eq!(tables, 15, "7 tables, 7 views, schema_migrations");
+    assert_eq!(
+        tables, 16,
+        "7 tables, 7 views, schema_migrations, adflow_journal"
+    );
     for _ in 0..2 {
         let again = rt.block_on(apply_schema_with(&config)).unwrap();
         assert!(again.applied.is_empty(), "{again:?}");
-        assert_eq!(again.already_applied, vec![1]);
+        assert_eq!(again.already_applied, vec![1, 2]);
     }
-    assert_eq!(query_u64(&config, &tables_sql), 15);
+    assert_eq!(query_u64(&config, &tables_sql), 16);
     let recorded = format!("SELECT count() FROM {}.schema_migrations", config.database);
-    assert_eq!(query_u64(&config, &recorded), 1);
+    assert_eq!(query_u64(&config, &recorded), 2);
     drop_database(&config);
 }
 
@@ -47,17 +47,17 @@ fn printed_schema_script_runs_and_is_idempotent() {
         .map(|s| s.trim())
         .filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim().starts_with("--")))
         .collect();
-    assert!(statements.len() >= 17, "{}", statements.len());
+    assert!(statements.len() >= 19, "{}", statements.len());
     for _ in 0..2 {
         for s in &statements {
             run_sql(&config, s);
         }
     }
     let recorded = format!("SELECT count() FROM {}.schema_migrations", config.database);
-    assert_eq!(query_u64(&config, &recorded), 1);
-    // The API sees the script's migration as applied.
+    assert_eq!(query_u64(&config, &recorded), 2);
+    // The API sees the script's migrations as applied.
     let report = runtime().block_on(apply_schema_with(&config)).unwrap();
-    assert_eq!(report.already_applied, vec![1]);
+    assert_eq!(report.already_applied, vec![1, 2]);
     drop_database(&config);
 }
 
@@ -124,96 +124,6 @@ fn changes_in_any_order_within_a_call_and_frontier_only_calls() {
     sink.close().unwrap();
     assert_eq!(actual(&config), want);
     drop_database(&config);
-}
-
-/// What the test proxy does to connections whose first request is an INSERT.
-#[derive(Clone, Default)]
-struct ProxyFaults {
-    /// Forward the INSERT, wait until the server answers, then drop the connection without
-    /// passing the answer on: the client cannot know the outcome.
-    drop_after_answer: Arc<AtomicUsize>,
-    /// Drop the connection before forwarding anything.
-    drop_before_forward: Arc<AtomicUsize>,
-    /// Connections dropped so far.
-    dropped: Arc<AtomicUsize>,
-}
-
-fn take(budget: &AtomicUsize) -> bool {
-    budget
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-}
-
-/// A loopback TCP proxy to `upstream` on a background thread; returns its URL.
-fn start_proxy(upstream: SocketAddr, faults: ProxyFaults) -> String {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    std_listener.set_nonblocking(true).unwrap();
-    let addr = std_listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = TcpListener::from_std(std_listener).unwrap();
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                tokio::spawn(proxy_connection(client, upstream, faults.clone()));
-            }
-        });
-    });
-    format!("http://{addr}")
-}
-
-async fn proxy_connection(mut client: TcpStream, upstream: SocketAddr, faults: ProxyFaults) {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match client.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let first_line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let is_insert = String::from_utf8_lossy(first_line).contains("INSERT");
-    if is_insert && take(&faults.drop_before_forward) {
-        faults.dropped.fetch_add(1, Ordering::SeqCst);
-        return; // dropping `client` closes it
-    }
-    let Ok(mut server) = TcpStream::connect(upstream).await else {
-        return;
-    };
-    if server.write_all(&head).await.is_err() {
-        return;
-    }
-    if is_insert && take(&faults.drop_after_answer) {
-        let (mut client_read, _client_write) = client.split();
-        let (mut server_read, mut server_write) = server.split();
-        let mut answer = [0u8; 1];
-        tokio::select! {
-            _ = tokio::io::copy(&mut client_read, &mut server_write) => {}
-            _ = server_read.read(&mut answer) => {}
-        }
-        faults.dropped.fetch_add(1, Ordering::SeqCst);
-        return; // both connections close here; the answer never reaches the client
-    }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-}
-
-fn upstream_addr(url: &str) -> SocketAddr {
-    let hostport = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .split('/')
-        .next()
-        .unwrap();
-    std::net::ToSocketAddrs::to_socket_addrs(hostport)
-        .unwrap()
-        .next()
-        .unwrap()
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests: the server URL, a fresh database, a runtime.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use adflow_clickhouse::ClickHouseConfig;
 use adflow_model::output::*;
 use adflow_model::Sink;
