@@ -425,6 +425,18 @@ fn deliver(
 /// Flushes every sink with the checkpoint of the frontier last handed over; then publishes
 /// the durable frontier and read marks to the workers.
 fn flush_all(sinks: &mut [Box<dyn Sink>], shared: &Shared, handed: i64) -> Result<(), EngineError> {
+    // While replaying below the checkpoint a sink resumed from, that checkpoint stays the
+    // sinks' last one: a checkpoint for an earlier frontier would not match what they hold.
+    if shared
+        .resume
+        .as_ref()
+        .is_some_and(|cp| handed < cp.frontier)
+    {
+        for s in sinks.iter_mut() {
+            s.flush()?;
+        }
+        return Ok(());
+    }
     let cp = shared.checkpoint(handed);
     let text = serde_json::to_string(&cp).map_err(|e| EngineError::Source(e.to_string()))?;
     let mut f = i64::MAX;
