@@ -195,27 +195,7 @@ impl KafkaSource {
     /// `worker` only names the client (`client.id = adflow-<group>-<worker>`) in broker logs.
     /// Nothing is fetched and no partition is assigned before the first poll.
     pub fn new(config: &KafkaConfig, worker: usize) -> Result<KafkaSource, KafkaError> {
-        let mut cc = config.client_config()?;
-        cc.set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
-        // Brokers that hold a fetch for its full wait even when data arrives (tansu 0.6.0 does)
-        // would otherwise add up to librdkafka's default 500 ms to every message's latency.
-        if !config.properties.contains_key("fetch.wait.max.ms") {
-            cc.set("fetch.wait.max.ms", DEFAULT_FETCH_WAIT_MS);
-        }
-        if !config.properties.contains_key("client.id") {
-            cc.set("client.id", format!("adflow-{}-{worker}", config.group_id));
-        }
-        let context = SourceContext {
-            topic_prefix: config.topic_prefix.clone(),
-            events: Mutex::new(Vec::new()),
-        };
-        let consumer: BaseConsumer<SourceContext> = cc
-            .create_with_context(context)
-            .map_err(KafkaError::Client)?;
+        let consumer = create_consumer(config, worker)?;
         let topics: Vec<String> = StreamKind::ALL.iter().map(|s| config.topic(*s)).collect();
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
@@ -251,25 +231,7 @@ impl KafkaSource {
         start: StartAt,
         timeout: Duration,
     ) -> Result<KafkaSource, KafkaError> {
-        let mut cc = config.client_config()?;
-        cc.set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
-        if !config.properties.contains_key("fetch.wait.max.ms") {
-            cc.set("fetch.wait.max.ms", DEFAULT_FETCH_WAIT_MS);
-        }
-        if !config.properties.contains_key("client.id") {
-            cc.set("client.id", format!("adflow-{}-{worker}", config.group_id));
-        }
-        let context = SourceContext {
-            topic_prefix: config.topic_prefix.clone(),
-            events: Mutex::new(Vec::new()),
-        };
-        let consumer: BaseConsumer<SourceContext> = cc
-            .create_with_context(context)
-            .map_err(KafkaError::Client)?;
+        let consumer = create_consumer(config, worker)?;
         let mut all = Vec::new();
         for stream in StreamKind::ALL {
             let topic = config.topic(stream);
@@ -573,6 +535,33 @@ impl KafkaSource {
         out.sort();
         Ok(out)
     }
+}
+
+/// The consumer both constructors use: the configured group, no automatic commit or offset
+/// store, earliest offset when nothing is committed, a short fetch wait.
+fn create_consumer(
+    config: &KafkaConfig,
+    worker: usize,
+) -> Result<BaseConsumer<SourceContext>, KafkaError> {
+    let mut cc = config.client_config()?;
+    cc.set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    // Brokers that hold a fetch for its full wait even when data arrives (tansu 0.6.0 does)
+    // would otherwise add up to librdkafka's default 500 ms to every message's latency.
+    if !config.properties.contains_key("fetch.wait.max.ms") {
+        cc.set("fetch.wait.max.ms", DEFAULT_FETCH_WAIT_MS);
+    }
+    if !config.properties.contains_key("client.id") {
+        cc.set("client.id", format!("adflow-{}-{worker}", config.group_id));
+    }
+    let context = SourceContext {
+        topic_prefix: config.topic_prefix.clone(),
+        events: Mutex::new(Vec::new()),
+    };
+    cc.create_with_context(context).map_err(KafkaError::Client)
 }
 
 /// Moves the assignment changes recorded by the callbacks into the source's bookkeeping.
