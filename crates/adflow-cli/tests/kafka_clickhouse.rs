@@ -4,10 +4,13 @@
 //! the tables end up with exactly the file-mode contents, every row counted once. Without the
 //! two variables these tests fail, unless `ADFLOW_SKIP_SERVICE_TESTS=1`.
 
+mod common;
+
 use adflow_model::{OutputRow, Table};
 use adflow_reference::read_changelog_dir;
-use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use common::{adflow, ok, unique};
+use std::process::Stdio;
+use std::time::Duration;
 
 fn services() -> Option<(String, String)> {
     let get = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
@@ -18,21 +21,6 @@ fn services() -> Option<(String, String)> {
             "ADFLOW_KAFKA_BROKERS and ADFLOW_CLICKHOUSE_URL must be set (or ADFLOW_SKIP_SERVICE_TESTS=1)"
         ),
     }
-}
-
-fn adflow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_adflow"));
-    c.env("ADFLOW_LOG", "warn");
-    c
-}
-
-fn ok(c: &mut Command) {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{c:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Kills the consumer if the test fails while it runs.
@@ -91,11 +79,7 @@ fn kafka_run_with_clickhouse_only_killed_and_restarted_counts_nothing_twice() {
         .arg("--config")
         .arg(dir.join("cfg.toml")));
 
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let p = format!("chk{}{}.", std::process::id(), nanos % 1_000_000_000);
+    let p = format!("{}.", unique("chk"));
     let db = format!("adflow_live_{}", std::process::id());
     let cfg = adflow_clickhouse::ClickHouseConfig::new(url.clone(), db.clone());
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -5,13 +5,16 @@
 //! twice; malformed messages land in the `dead_letters` file and on the dead-letter topic.
 //! Without `ADFLOW_KAFKA_BROKERS` these tests fail, unless `ADFLOW_SKIP_SERVICE_TESTS=1`.
 
+mod common;
+
+use common::{adflow, ok, unique};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::ClientConfig;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 fn brokers() -> Option<String> {
     match std::env::var("ADFLOW_KAFKA_BROKERS") {
@@ -28,26 +31,7 @@ fn brokers() -> Option<String> {
 }
 
 fn prefix(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("run{}{}_{name}.", std::process::id(), nanos % 1_000_000_000)
-}
-
-fn adflow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_adflow"));
-    c.env("ADFLOW_LOG", "warn");
-    c
-}
-
-fn ok(c: &mut Command) {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{c:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    format!("{}_{name}.", unique("run"))
 }
 
 /// Generated data set, the settings both modes use, and the file-mode output.
