@@ -219,6 +219,46 @@ impl Ingest<'_> {
     }
 }
 
+/// Hands the changes the output stage released, with its frontier, to every sink: when there
+/// are changes or the frontier moved past `handed` (so sinks can report it durable). With
+/// `resume` (one map per sink; empty for none), a sink does not get the changes of a table
+/// below the frontier it resumed from. `report.changes` counts what the first sink got.
+pub(crate) fn deliver(
+    buffer: &Rc<RefCell<OutputBuffer>>,
+    sinks: &mut [Box<dyn Sink>],
+    resume: &[std::collections::HashMap<adflow_model::Table, i64>],
+    report: &mut RunReport,
+    handed: &mut i64,
+) -> Result<(), EngineError> {
+    let (changes, frontier) = {
+        let mut b = buffer.borrow_mut();
+        let frontier = b.frontier.min(i64::MAX as Time) as i64;
+        if b.changes.is_empty() && frontier <= *handed {
+            return Ok(());
+        }
+        (std::mem::take(&mut b.changes), frontier)
+    };
+    *handed = frontier;
+    let n = sinks.len();
+    let mut changes = Some(changes);
+    for (i, s) in sinks.iter_mut().enumerate() {
+        // The last sink takes the changes themselves, the others a copy.
+        let mut batch = if i + 1 == n {
+            changes.take().unwrap_or_default()
+        } else {
+            changes.clone().unwrap_or_default()
+        };
+        if let Some(r) = resume.get(i).filter(|r| !r.is_empty()) {
+            batch.retain(|c| r.get(&c.row.table()).is_none_or(|&f| c.version >= f));
+        }
+        if i == 0 {
+            report.changes += batch.len() as u64;
+        }
+        s.write(batch, frontier)?;
+    }
+    Ok(())
+}
+
 /// Runs `program` over bounded sources until they are exhausted, writing every output change
 /// to `sinks`. Event time ends at the largest `ts` seen: timers due later do not fire.
 pub fn run(
@@ -375,30 +415,7 @@ fn run_worker(
     let mut last_log = Instant::now();
     let mut now_w: Time = 0;
 
-    let deliver = |buffer: &Rc<RefCell<OutputBuffer>>,
-                   sinks: &mut Vec<Box<dyn Sink>>,
-                   report: &mut RunReport|
-     -> Result<(), EngineError> {
-        let (changes, frontier) = {
-            let mut b = buffer.borrow_mut();
-            if b.changes.is_empty() {
-                return Ok(());
-            }
-            (std::mem::take(&mut b.changes), b.frontier)
-        };
-        report.changes += changes.len() as u64;
-        let n = sinks.len();
-        let mut changes = Some(changes);
-        for (i, s) in sinks.iter_mut().enumerate() {
-            let batch = if i + 1 == n {
-                changes.take().unwrap_or_default()
-            } else {
-                changes.clone().unwrap_or_default()
-            };
-            s.write(batch, frontier.min(i64::MAX as Time) as i64)?;
-        }
-        Ok(())
-    };
+    let mut handed = i64::MIN;
 
     loop {
         match source.poll(opts.batch)? {
@@ -443,7 +460,7 @@ fn run_worker(
             }
         }
         if index == 0 {
-            deliver(&buffer, &mut sinks, &mut report)?;
+            deliver(&buffer, &mut sinks, &[], &mut report, &mut handed)?;
             if last_log.elapsed() >= opts.progress_every {
                 last_log = Instant::now();
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
@@ -484,7 +501,7 @@ fn run_worker(
         while buffer.borrow().frontier < end {
             worker.step();
         }
-        deliver(&buffer, &mut sinks, &mut report)?;
+        deliver(&buffer, &mut sinks, &[], &mut report, &mut handed)?;
         for s in sinks.iter_mut() {
             s.flush()?;
         }

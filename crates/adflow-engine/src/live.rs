@@ -41,13 +41,10 @@
 //! The partition table, the durable frontier and the stop decision are shared in memory, so a
 //! live run is one process with `workers` threads.
 
-use crate::driver::{build_dataflow, Built, Ingest, Ingested, RunOptions, RunReport};
-use crate::ops::OutputBuffer;
+use crate::driver::{build_dataflow, deliver, Built, Ingest, Ingested, RunOptions, RunReport};
 use crate::{to_time, EngineError, Program, Time};
-use adflow_model::{Change, Position, RawMessage, Sink, StreamKind, Table};
-use std::cell::RefCell;
+use adflow_model::{Position, RawMessage, Sink, StreamKind, Table};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -383,43 +380,6 @@ pub fn run_live(
         Some(e) => Err(e),
         None => Ok(total),
     }
-}
-
-/// Hands released changes to the sinks, skipping per sink and table what an earlier run
-/// stored (the sink's resume frontier).
-fn deliver(
-    buffer: &Rc<RefCell<OutputBuffer>>,
-    sinks: &mut [Box<dyn Sink>],
-    resume: &[HashMap<Table, i64>],
-    report: &mut RunReport,
-    handed: &mut i64,
-) -> Result<(), EngineError> {
-    let (changes, frontier) = {
-        let mut b = buffer.borrow_mut();
-        let frontier = b.frontier.min(i64::MAX as Time) as i64;
-        // An advanced frontier is handed over even without changes: sinks report it durable.
-        if b.changes.is_empty() && frontier <= *handed {
-            return Ok(());
-        }
-        (std::mem::take(&mut b.changes), frontier)
-    };
-    *handed = frontier;
-    for (i, s) in sinks.iter_mut().enumerate() {
-        let batch: Vec<Change> = changes
-            .iter()
-            .filter(|c| {
-                resume[i]
-                    .get(&c.row.table())
-                    .is_none_or(|&r| c.version >= r)
-            })
-            .cloned()
-            .collect();
-        if i == 0 {
-            report.changes += batch.len() as u64;
-        }
-        s.write(batch, frontier)?;
-    }
-    Ok(())
 }
 
 /// Flushes every sink with the checkpoint of the frontier last handed over; then publishes
