@@ -7,15 +7,16 @@
 //!   windows, and one `reduce` per (campaign, window) compares the window with the sum of the
 //!   ones before it. Reported as soon as the condition holds (and retracted if later data undoes
 //!   it).
-//! * `no_impressions` (key campaign): impression counts per window, sent to the next
-//!   `lookback` windows; a window with none while each of the `lookback` before had at least the
-//!   minimum is reported once the watermark passes its end (a timer).
+//! * `no_impressions` (key campaign): impression counts per window (impressions take effect at
+//!   their window's end, so a window's count changes once, not once per impression), sent to
+//!   the next `lookback` windows; a window with none while each of the `lookback` before had at
+//!   least the minimum is reported once the watermark passes its end (a timer).
 //!
 //! Window state expires `retention` after the window; rows freeze then.
 
 use crate::types::*;
 use crate::{need, Context, Pipeline, SharedName};
-use adflow_engine::ops::{delay_until, expire_at};
+use adflow_engine::ops::{consolidate_batches, delay_until, expire_at};
 use adflow_engine::{Col, Diff};
 use adflow_model::event::Body;
 use adflow_model::output::{AnomalyRow, Fixed, JsonText};
@@ -164,6 +165,18 @@ impl Pipeline for Anomalies {
                 Body::Impression { campaign_id, .. } => Some((campaign_id, window_start(e.ts, nw))),
                 _ => None,
             });
+        // Only a window's total matters, and only from the window's end on: the window's own
+        // anomaly is reported once the watermark passes its end, and the windows it is a
+        // lookback of end later. So every impression takes effect at its window's end, where a
+        // window's impressions consolidate into one update instead of changing the window's
+        // count (and the counts spread from it) once per impression. A late impression (its
+        // window already ended) takes effect at its own time, as before.
+        let imps = delay_until(
+            imps,
+            "ImpressionsAtWindowEnd",
+            move |(_, w): &(String, i64)| Params::at(*w, nw),
+        );
+        let imps = consolidate_batches(imps, "ConsolidateImpressionWindows");
         let imps = expire_at(
             imps,
             "ExpireImpressionWindows",

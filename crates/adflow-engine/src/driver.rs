@@ -394,6 +394,7 @@ fn run_worker(
         Vec::new()
     };
     let mut source = sources(index, peers)?;
+    let profile = crate::profile::register(worker);
 
     let Built {
         mut ev_in,
@@ -512,6 +513,9 @@ fn run_worker(
     // retractions need no processing: drop the dataflow instead of closing its inputs.
     worker.drop_dataflow(dataflow_id);
     drop((ev_in, dl_in, ctl_in));
+    if let Some(p) = profile {
+        p.report(worker);
+    }
     tracing::info!(
         worker = index,
         messages = report.messages,

@@ -22,17 +22,30 @@ struct StreamFile {
 }
 
 impl StreamFile {
-    /// Reads the next line into `next` (or leaves it empty at the end).
-    fn fill(&mut self, zone: i32) -> Result<(), EngineError> {
+    /// Reads this worker's next line into `next` (or leaves it empty at the end): the line
+    /// whose 0-based number `n` has `n % peers == index`. Other workers' lines are skipped
+    /// without being copied or looked at.
+    fn fill(&mut self, zone: i32, index: u64, peers: u64) -> Result<(), EngineError> {
         self.next = None;
+        let io = |name: &str, e| EngineError::Io {
+            path: name.to_string(),
+            source: e,
+        };
+        while self.line % peers != index {
+            let n = self
+                .reader
+                .skip_until(b'\n')
+                .map_err(|e| io(&self.name, e))?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.line += 1;
+        }
         let mut buf = Vec::new();
         let n = self
             .reader
             .read_until(b'\n', &mut buf)
-            .map_err(|e| EngineError::Io {
-                path: self.name.clone(),
-                source: e,
-            })?;
+            .map_err(|e| io(&self.name, e))?;
         if n == 0 {
             return Ok(());
         }
@@ -49,11 +62,11 @@ impl StreamFile {
 }
 
 /// Reads `DIR/{ad_events,orders,logistics,identity}.jsonl` (a missing file is an empty stream).
-/// Worker `index` of `peers` takes the lines whose 0-based number `n` has `n % peers == index`;
-/// every worker reads in the same order. The four files are merged line by line in event-time
-/// order (by a cheap look at each line's `ts`), so the watermark moves through the data in time
-/// order even though the streams are separate files: a sparse stream never pushes the watermark
-/// ahead of a dense one. Every line becomes a message, malformed (or blank) or not; only the
+/// Worker `index` of `peers` takes the lines whose 0-based number `n` has `n % peers == index`
+/// (skipping the others unparsed). Each worker merges its lines of the four files line by line
+/// in event-time order (by a cheap look at each line's `ts`), so the watermark moves through the
+/// data in time order even though the streams are separate files: a sparse stream never pushes
+/// the watermark ahead of a dense one. Every line becomes a message, malformed (or blank) or not; only the
 /// newline that ends the file does not start another line.
 pub struct FileSource {
     files: Vec<StreamFile>,
@@ -85,7 +98,7 @@ impl FileSource {
                         next: None,
                         last_ts: i64::MIN,
                     };
-                    sf.fill(zone)?;
+                    sf.fill(zone, index as u64, peers.max(1) as u64)?;
                     files.push(sf);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -119,18 +132,16 @@ impl Source for FileSource {
                 break;
             };
             if let Some((_, line, payload)) = f.next.take() {
-                if (line - 1) % self.peers == self.index {
-                    out.push(RawMessage {
-                        stream: f.stream,
-                        position: Position::File {
-                            file: f.name.clone(),
-                            line,
-                        },
-                        payload,
-                    });
-                }
+                out.push(RawMessage {
+                    stream: f.stream,
+                    position: Position::File {
+                        file: f.name.clone(),
+                        line,
+                    },
+                    payload,
+                });
             }
-            f.fill(self.zone)?;
+            f.fill(self.zone, self.index, self.peers)?;
         }
         if out.is_empty() && self.files.iter().all(|f| f.next.is_none()) {
             return Ok(Poll::Finished);

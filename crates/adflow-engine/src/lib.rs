@@ -29,6 +29,7 @@ pub mod driver;
 pub mod file;
 pub mod live;
 pub mod ops;
+mod profile;
 pub mod testing;
 
 use adflow_model::config::Settings;

@@ -8,7 +8,7 @@ use differential_dataflow::difference::{Abelian, Semigroup};
 use differential_dataflow::Data;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::rc::Rc;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
@@ -50,8 +50,50 @@ where
     col.concat(retractions)
 }
 
+/// Sums the updates of each `(data, time)` within every batch the operator receives, before
+/// they reach an arrangement: many updates to one key at one time (events moved to a window's
+/// end, or a busy tick) become one, so the arrangement's batcher sorts and stores far fewer
+/// records. Results are unchanged (a collection is the sum of its updates); updates summing to
+/// zero are dropped.
+pub fn consolidate_batches<'s, D, R>(col: Col<'s, D, R>, name: &str) -> Col<'s, D, R>
+where
+    D: Data + Hash + Eq,
+    R: Semigroup + 'static,
+{
+    col.inner
+        .unary(Pipeline, name, move |_, _| {
+            let mut sums: std::collections::HashMap<(D, Time), R, FastHash> =
+                std::collections::HashMap::default();
+            move |input, output| {
+                input.for_each(|cap, data: &mut Vec<(D, Time, R)>| {
+                    for (d, t, r) in data.drain(..) {
+                        match sums.entry((d, t)) {
+                            std::collections::hash_map::Entry::Occupied(mut e) => {
+                                e.get_mut().plus_equals(&r)
+                            }
+                            std::collections::hash_map::Entry::Vacant(e) => {
+                                e.insert(r);
+                            }
+                        }
+                    }
+                    let mut session = output.session(&cap);
+                    for ((d, t), r) in sums.drain() {
+                        if !r.is_zero() {
+                            session.give((d, t, r));
+                        }
+                    }
+                })
+            }
+        })
+        .as_collection()
+}
+
+/// The hasher of the engine's hash maps: fast, and seeded per process (keys come from input).
+type FastHash = foldhash::fast::RandomState;
+
 fn event_key_hash(e: &Event) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    // Must agree across workers (and processes): a fixed seed.
+    let mut h = foldhash::fast::FixedState::with_seed(0x6164_666c_6f77).build_hasher();
     (e.body.stream().index() as u8).hash(&mut h);
     e.event_id.hash(&mut h);
     h.finish()
@@ -82,7 +124,7 @@ pub fn dedup<'s>(
             Exchange::new(|(e, _, _): &(Event, Time, Diff)| event_key_hash(e)),
             "Dedup",
             move |_, _| {
-                let mut seen: HashSet<(u8, String)> = HashSet::new();
+                let mut seen: HashSet<(u8, String), FastHash> = HashSet::default();
                 // Keys by the logical time they were recorded at (the first copy's time).
                 let mut by_time: BTreeMap<Time, Vec<(u8, String)>> = BTreeMap::new();
                 // The largest logical time seen so far: keys are recorded at it, so a replay or a

@@ -142,6 +142,8 @@ struct World {
     seq: u64,
     ev_ids: [u64; 4],
     line: String,
+    /// `--time-scale`: event times are written at `start + (ts − start) / time_scale`.
+    time_scale: i64,
 }
 
 fn hex_id(rng: &mut StdRng, len: usize) -> String {
@@ -590,6 +592,7 @@ impl World {
         let id_no = self.ev_ids[stream.index()];
         self.ev_ids[stream.index()] += 1;
         let form = TsForm::pick(&mut self.rng, stream);
+        let ts = self.start + (ev.ts - self.start) / self.time_scale;
         let money_style = self.rng.gen_range(0..4);
         let rng = &mut self.rng;
         let line = &mut self.line;
@@ -605,7 +608,7 @@ impl World {
                     line,
                     r#"{{"type":"impression","event_id":"imp-{id_no:08}","#
                 );
-                push_ts(line, ev.ts, form);
+                push_ts(line, ts, form);
                 let _ = write!(
                     line,
                     r#","campaign_id":"{}","channel":"{}","device_id":"{}""#,
@@ -626,7 +629,7 @@ impl World {
                 user,
             } => {
                 let _ = write!(line, r#"{{"type":"click","event_id":"clk-{id_no:08}","#);
-                push_ts(line, ev.ts, form);
+                push_ts(line, ts, form);
                 let _ = write!(
                     line,
                     r#","campaign_id":"{}","channel":"{}","device_id":"{}","cost":"#,
@@ -654,7 +657,7 @@ impl World {
                 addr,
             } => {
                 let _ = write!(line, r#"{{"type":"order","event_id":"ord-ev-{id_no:08}","#);
-                push_ts(line, ev.ts, form);
+                push_ts(line, ts, form);
                 let _ = write!(
                     line,
                     r#","order_id":"O{:010}","user_id":"{}","amount":"#,
@@ -705,7 +708,7 @@ impl World {
                     line,
                     r#"{{"type":"order_status","event_id":"st-ev-{id_no:08}","#
                 );
-                push_ts(line, ev.ts, form);
+                push_ts(line, ts, form);
                 let _ = write!(line, r#","order_id":"O{order:010}","status":"{status}""#);
             }
             Body::Ship {
@@ -717,7 +720,7 @@ impl World {
                     line,
                     r#"{{"type":"shipment","event_id":"sh-ev-{id_no:08}","#
                 );
-                push_ts(line, ev.ts, form);
+                push_ts(line, ts, form);
                 let sc = SHIPPERS[*shipper as usize];
                 let sc = if rng.gen_bool(0.1) {
                     sc.to_lowercase()
@@ -737,7 +740,7 @@ impl World {
                 state_ex,
             } => {
                 let _ = write!(line, r#"{{"type":"track","event_id":"trk-{id_no:09}","#);
-                push_ts(line, ev.ts, form);
+                push_ts(line, ts, form);
                 let w = messy_waybill(rng, &self.waybills[*waybill as usize], 0.05);
                 let _ = write!(
                     line,
@@ -770,7 +773,7 @@ impl World {
                 phone_of,
             } => {
                 let _ = write!(line, r#"{{"type":"link","event_id":"lnk-{id_no:08}","#);
-                push_ts(line, ev.ts, form);
+                push_ts(line, ts, form);
                 if let Some(d) = dev {
                     if *d == u32::MAX {
                         line.push_str(r#","device_id":"00000000-0000-0000-0000-000000000000""#);
@@ -969,6 +972,7 @@ pub fn generate(args: &GenerateArgs) -> Result<GenReport, GenError> {
         seq: 0,
         ev_ids: [0; 4],
         line: String::with_capacity(512),
+        time_scale: args.time_scale.max(1) as i64,
     };
 
     // Identity links, at random times (some after the clicks and orders they connect).

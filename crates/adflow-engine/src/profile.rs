@@ -1,0 +1,90 @@
+//! Operator profile: with `ADFLOW_PROFILE=1` in the environment, each worker records how long
+//! every dataflow operator ran (timely's scheduling log) and logs the busiest operators when it
+//! finishes. A diagnostic for performance work; off by default (no logger is registered).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+use timely::logging::{StartStop, TimelyEvent, TimelyEventBuilder};
+
+#[derive(Default)]
+struct Stats {
+    names: HashMap<usize, (Vec<usize>, String)>,
+    started: HashMap<usize, Duration>,
+    total: HashMap<usize, (Duration, u64)>,
+}
+
+/// A registered operator profile of one worker.
+pub(crate) struct Profile {
+    stats: Rc<RefCell<Stats>>,
+}
+
+/// Registers the profile on `worker` when `ADFLOW_PROFILE` is set (before the dataflow is
+/// built, so the operators' names are seen).
+pub(crate) fn register(worker: &mut timely::worker::Worker) -> Option<Profile> {
+    if std::env::var_os("ADFLOW_PROFILE").is_none_or(|v| v.is_empty() || v == "0") {
+        return None;
+    }
+    let stats: Rc<RefCell<Stats>> = Rc::default();
+    let s = stats.clone();
+    worker
+        .log_register()?
+        .insert::<TimelyEventBuilder, _>("timely", move |_, data| {
+            let Some(data) = data else { return };
+            let mut st = s.borrow_mut();
+            for (t, e) in data.iter() {
+                match e {
+                    TimelyEvent::Operates(o) => {
+                        st.names.insert(o.id, (o.addr.clone(), o.name.clone()));
+                    }
+                    TimelyEvent::Schedule(ev) => match ev.start_stop {
+                        StartStop::Start => {
+                            st.started.insert(ev.id, *t);
+                        }
+                        StartStop::Stop => {
+                            if let Some(s0) = st.started.remove(&ev.id) {
+                                let e = st.total.entry(ev.id).or_default();
+                                e.0 += t.saturating_sub(s0);
+                                e.1 += 1;
+                            }
+                        }
+                    },
+                    _ => {}
+                }
+            }
+        });
+    Some(Profile { stats })
+}
+
+impl Profile {
+    /// Logs the operators that ran longest (exclusive of the operators nested in them is not
+    /// computed: a scope's time includes its children).
+    pub(crate) fn report(&self, worker: &mut timely::worker::Worker) {
+        if let Some(mut r) = worker.log_register() {
+            r.remove("timely");
+        }
+        let st = self.stats.borrow();
+        let mut rows: Vec<(Duration, u64, String)> = st
+            .total
+            .iter()
+            .map(|(id, (d, n))| {
+                let name = st
+                    .names
+                    .get(id)
+                    .map(|(a, n)| format!("{n} {a:?}"))
+                    .unwrap_or_else(|| format!("#{id}"));
+                (*d, *n, name)
+            })
+            .collect();
+        rows.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut text = String::new();
+        for (d, n, name) in rows.iter().take(40) {
+            text.push_str(&format!("\n{:>9.3}s {:>9} {}", d.as_secs_f64(), n, name));
+        }
+        tracing::info!(
+            worker = worker.index(),
+            "operator profile (seconds, calls, operator):{text}"
+        );
+    }
+}
