@@ -77,7 +77,7 @@ impl Profile {
                 (*d, *n, name)
             })
             .collect();
-        rows.sort_by(|a, b| b.0.cmp(&a.0));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.0));
         let mut text = String::new();
         for (d, n, name) in rows.iter().take(40) {
             text.push_str(&format!("\n{:>9.3}s {:>9} {}", d.as_secs_f64(), n, name));
