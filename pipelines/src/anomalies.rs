@@ -16,17 +16,17 @@
 
 use crate::types::*;
 use crate::{need, Context, Pipeline, SharedName};
-use adflow_engine::ops::{consolidate_batches, delay_until, expire_at};
+use adflow_engine::ops::{consolidate_batches, delay_until, expire_at, expire_grouped_at};
 use adflow_engine::{Col, Diff};
 use adflow_model::event::Body;
 use adflow_model::output::{AnomalyRow, Fixed, JsonText};
-use adflow_model::{OutputRow, Table};
+use adflow_model::{OutputRow, Sym, Table};
 
 pub struct Anomalies;
 
-fn json_opt(s: &Option<String>) -> String {
+fn json_opt(s: &Option<Sym>) -> String {
     match s {
-        Some(s) => serde_json::Value::String(s.clone()).to_string(),
+        Some(s) => serde_json::Value::String(s.to_string()).to_string(),
         None => "null".into(),
     }
 }
@@ -39,7 +39,7 @@ pub fn interval_row(i: &ParcelInterval) -> AnomalyRow {
     };
     AnomalyRow {
         kind: i.kind.name().to_string(),
-        key: i.waybill.clone(),
+        key: i.waybill.to_string(),
         opened_ts: i.opened,
         closed_ts: i.closed,
         details: JsonText(format!(
@@ -95,12 +95,12 @@ impl Pipeline for Anomalies {
             } => Some(((campaign_id, window_start(e.ts, cw)), cost_fen)),
             _ => None,
         });
-        let clicks = expire_at(
+        let clicks = expire_grouped_at(
             clicks,
             "ExpireClickWindows",
-            move |((_, w), _): &((String, i64), i64)| Params::at(*w, ret),
+            move |((_, w), _): &((Sym, i64), i64)| Params::at(*w, ret),
         );
-        let per_window: Col<'_, ((String, i64), (i64, i64))> =
+        let per_window: Col<'_, ((Sym, i64), (i64, i64))> =
             clicks.reduce_named("ClickWindow", |_k, vals, out| {
                 let (mut n, mut cost) = (0i64, 0i64);
                 for (c, r) in vals {
@@ -118,7 +118,7 @@ impl Pipeline for Anomalies {
         let p1 = p.clone();
         let spikes = spread.reduce_named(
             "CpcSpike",
-            move |(c, w): &(String, i64), vals, out: &mut Vec<(AnomalyRow, Diff)>| {
+            move |(c, w): &(Sym, i64), vals, out: &mut Vec<(AnomalyRow, Diff)>| {
                 let mut own = (0i64, 0i64);
                 let mut base = (0i64, 0i64);
                 for ((k, (n, cost)), r) in vals {
@@ -135,7 +135,7 @@ impl Pipeline for Anomalies {
                     out.push((
                         AnomalyRow {
                             kind: "cpc_spike".into(),
-                            key: c.clone(),
+                            key: c.to_string(),
                             opened_ts: *w,
                             closed_ts: Some(*w + p1.cpc_window),
                             details: JsonText(format!(
@@ -174,13 +174,13 @@ impl Pipeline for Anomalies {
         let imps = delay_until(
             imps,
             "ImpressionsAtWindowEnd",
-            move |(_, w): &(String, i64)| Params::at(*w, nw),
+            move |(_, w): &(Sym, i64)| Params::at(*w, nw),
         );
         let imps = consolidate_batches(imps, "ConsolidateImpressionWindows");
         let imps = expire_at(
             imps,
             "ExpireImpressionWindows",
-            move |(_, w): &(String, i64)| Params::at(*w, ret),
+            move |(_, w): &(Sym, i64)| Params::at(*w, ret),
         );
         let counts = imps.count();
         let (lookback, min) = (p.noimp_lookback, p.noimp_min);
@@ -192,7 +192,7 @@ impl Pipeline for Anomalies {
         });
         let quiet = spread.reduce_named(
             "NoImpressions",
-            move |(c, w): &(String, i64), vals, out: &mut Vec<(AnomalyRow, Diff)>| {
+            move |(c, w): &(Sym, i64), vals, out: &mut Vec<(AnomalyRow, Diff)>| {
                 let mut before = 0;
                 let mut total = 0;
                 for ((k, n), r) in vals {
@@ -209,7 +209,7 @@ impl Pipeline for Anomalies {
                     out.push((
                         AnomalyRow {
                             kind: "no_impressions".into(),
-                            key: c.clone(),
+                            key: c.to_string(),
                             opened_ts: *w,
                             closed_ts: Some(*w + nw),
                             details: JsonText(format!(r#"{{"previous_impressions":{total}}}"#)),
@@ -223,7 +223,7 @@ impl Pipeline for Anomalies {
         let quiet = delay_until(
             quiet,
             "NoImpressionTimer",
-            |(_, row): &((String, i64), AnomalyRow)| {
+            |(_, row): &((Sym, i64), AnomalyRow)| {
                 Params::at(row.closed_ts.unwrap_or(row.opened_ts), 0)
             },
         );

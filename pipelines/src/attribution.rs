@@ -31,7 +31,7 @@ use adflow_model::config::Model;
 use adflow_model::event::Body;
 use adflow_model::identity::{device_node, user_node};
 use adflow_model::output::{div_round_half_away, AttributionRow, Fixed};
-use adflow_model::{OutputRow, Table};
+use adflow_model::{OutputRow, Sym, Table};
 
 pub struct Attribution;
 
@@ -40,8 +40,8 @@ pub struct Attribution;
     Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
 pub struct OrderKey {
-    pub order_id: String,
-    pub person_id: String,
+    pub order_id: Sym,
+    pub person_id: Sym,
     pub order_ts: i64,
     pub amount_fen: i64,
 }
@@ -52,9 +52,9 @@ pub struct OrderKey {
 )]
 pub struct Candidate {
     pub click_ts: i64,
-    pub click_event_id: String,
-    pub campaign_id: String,
-    pub channel: String,
+    pub click_event_id: Sym,
+    pub campaign_id: Sym,
+    pub channel: Sym,
 }
 
 /// Credits (6-decimal scaled) of `n` ordered candidates under `model`; `ages` are T − click_ts.
@@ -164,11 +164,9 @@ impl Pipeline for Attribution {
             )),
             _ => None,
         });
-        let orders = expire_at(
-            orders,
-            "ExpireOrders",
-            move |(_, o): &(String, OrderInfo)| Params::at(o.ts, ret),
-        )
+        let orders = expire_at(orders, "ExpireOrders", move |(_, o): &(Sym, OrderInfo)| {
+            Params::at(o.ts, ret)
+        })
         .reduce_named("LatestOrderEvent", |_id, infos, out| {
             if let Some((last, _)) = infos.iter().rev().find(|(_, r)| *r > 0) {
                 out.push(((*last).clone(), 1));
@@ -181,7 +179,7 @@ impl Pipeline for Attribution {
             .clone()
             .flat_map(|(id, o)| user_node(&o.user_id).map(|n| (n, id)))
             .join_core(labels_by_node.clone(), |_node, id, label| {
-                person_of(label).map(|p| (id.clone(), p.to_string()))
+                person_of(label).map(|p| (id.clone(), Sym::from(p)))
             });
 
         let clicks_by_person = clicks
@@ -197,7 +195,7 @@ impl Pipeline for Attribution {
                 v
             })
             .join_core(labels_by_node, |_node, click, label| {
-                person_of(label).map(|p| (p.to_string(), click.clone()))
+                person_of(label).map(|p| (Sym::from(p), click.clone()))
             })
             .distinct();
 
@@ -247,12 +245,12 @@ impl Pipeline for Attribution {
                     }
                     out.push((
                         AttributionRow {
-                            order_id: k.order_id.clone(),
-                            person_id: k.person_id.clone(),
+                            order_id: k.order_id.to_string(),
+                            person_id: k.person_id.to_string(),
                             model: model.name().to_string(),
-                            campaign_id: c.campaign_id.clone(),
-                            channel: c.channel.clone(),
-                            click_event_id: c.click_event_id.clone(),
+                            campaign_id: c.campaign_id.to_string(),
+                            channel: c.channel.to_string(),
+                            click_event_id: c.click_event_id.to_string(),
                             click_ts: c.click_ts,
                             order_ts: k.order_ts,
                             credit: Fixed(credit),
@@ -271,10 +269,10 @@ impl Pipeline for Attribution {
         let last_click = rows.clone().flat_map(|(_, r)| {
             (r.model == "last_click").then_some({
                 (
-                    r.order_id,
+                    Sym::from(r.order_id),
                     LastClick {
-                        campaign_id: r.campaign_id,
-                        channel: r.channel,
+                        campaign_id: Sym::interned(&r.campaign_id),
+                        channel: Sym::interned(&r.channel),
                     },
                 )
             })

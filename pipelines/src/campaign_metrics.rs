@@ -19,23 +19,23 @@
 
 use crate::types::*;
 use crate::{need, Context, Pipeline, SharedName};
-use adflow_engine::ops::expire_at;
+use adflow_engine::ops::expire_grouped_at;
 use adflow_engine::Col;
 use adflow_model::event::Body;
 use adflow_model::output::{CampaignMetricsRow, Fixed};
 use adflow_model::time::HOUR;
-use adflow_model::{OutputRow, Table};
+use adflow_model::{OutputRow, Sym, Table};
 
 pub struct CampaignMetrics;
 
 /// `(campaign_id, channel, hour)`.
-pub type MetricsKey = (String, String, i64);
+pub type MetricsKey = (Sym, Sym, i64);
 
 /// The row of a key's summed counters.
 pub fn metrics_row((campaign_id, channel, hour): &MetricsKey, m: &Metrics) -> CampaignMetricsRow {
     CampaignMetricsRow {
-        campaign_id: campaign_id.clone(),
-        channel: channel.clone(),
+        campaign_id: campaign_id.to_string(),
+        channel: channel.to_string(),
         hour: *hour,
         impressions: m.impressions,
         clicks: m.clicks,
@@ -110,7 +110,7 @@ impl Pipeline for CampaignMetrics {
                 }
             });
         let ads = ads.explode(|(k, m)| Some((k, m)));
-        let ads = expire_at(ads, "ExpireAdMetrics", move |k: &MetricsKey| {
+        let ads = expire_grouped_at(ads, "ExpireAdMetrics", move |k: &MetricsKey| {
             Params::at(k.2, ret)
         });
 

@@ -28,7 +28,7 @@ pub mod types;
 use adflow_engine::{Col, OutRec, Program};
 use adflow_model::config::Settings;
 use adflow_model::event::Event;
-use adflow_model::Table;
+use adflow_model::{Sym, Table};
 use types::*;
 
 /// Names of the shared collections modules exchange.
@@ -61,14 +61,14 @@ pub enum SharedName {
 pub struct Shared<'s> {
     pub labels: Option<Col<'s, (String, Label)>>,
     pub clicks: Option<Col<'s, Click>>,
-    pub orders: Option<Col<'s, (String, OrderInfo)>>,
-    pub order_person: Option<Col<'s, (String, String)>>,
-    pub last_click: Option<Col<'s, (String, LastClick)>>,
-    pub shipments: Option<Col<'s, (String, Shipment)>>,
-    pub waybill_summary: Option<Col<'s, (String, WaybillSummary)>>,
+    pub orders: Option<Col<'s, (Sym, OrderInfo)>>,
+    pub order_person: Option<Col<'s, (Sym, Sym)>>,
+    pub last_click: Option<Col<'s, (Sym, LastClick)>>,
+    pub shipments: Option<Col<'s, (Sym, Shipment)>>,
+    pub waybill_summary: Option<Col<'s, (Sym, WaybillSummary)>>,
     pub parcel_intervals: Option<Col<'s, ParcelInterval>>,
-    pub person_intervals: Option<Col<'s, (String, ParcelInterval)>>,
-    pub order_state: Option<Col<'s, (String, OrderState)>>,
+    pub person_intervals: Option<Col<'s, (Sym, ParcelInterval)>>,
+    pub order_state: Option<Col<'s, (Sym, OrderState)>>,
 }
 
 /// The deduplicated input events by type.

@@ -16,7 +16,7 @@ use crate::{need, Context, Pipeline, SharedName};
 use adflow_engine::ops::{delay_until, expire_at};
 use adflow_engine::Time;
 use adflow_model::event::{track_code, Body};
-use adflow_model::Table;
+use adflow_model::{Sym, Table};
 use serde::{Deserialize, Serialize};
 
 pub struct Logistics;
@@ -26,7 +26,7 @@ pub struct Logistics;
 pub enum WaybillFact {
     Track(TrackRec),
     /// An order whose latest shipment names the waybill: (order_id, person_id, order_ts).
-    Owner(String, String, i64),
+    Owner(Sym, Sym, i64),
 }
 
 /// An output of the per-waybill reduce.
@@ -39,9 +39,9 @@ pub enum WaybillOut {
 /// Computes a waybill's summary and intervals from its tracks (sorted by (`ts`, `event_id`))
 /// and owners.
 pub fn waybill_outputs(
-    waybill: &str,
+    waybill: &Sym,
     tracks: &[&TrackRec],
-    owners: &[(&String, &String, i64)],
+    owners: &[(&Sym, &Sym, i64)],
     p: &Params,
 ) -> Vec<WaybillOut> {
     let mut out = Vec::new();
@@ -89,7 +89,7 @@ pub fn waybill_outputs(
         .min(linked);
     let interval = |kind, opened, closed, code| ParcelInterval {
         kind,
-        waybill: waybill.to_string(),
+        waybill: waybill.clone(),
         opened,
         closed,
         code,
@@ -184,7 +184,7 @@ impl Pipeline for Logistics {
         let shipments = expire_at(
             shipments,
             "ExpireShipments",
-            move |(_, s): &(String, Shipment)| p1.linked_expiry(s.ts),
+            move |(_, s): &(Sym, Shipment)| p1.linked_expiry(s.ts),
         )
         .reduce_named("LatestShipment", |_id, ships, out| {
             if let Some((last, _)) = ships.iter().rev().find(|(_, r)| *r > 0) {
@@ -212,7 +212,7 @@ impl Pipeline for Logistics {
         let tracks = expire_at(
             tracks,
             "ExpireTracks",
-            move |(_, f): &(String, WaybillFact)| match f {
+            move |(_, f): &(Sym, WaybillFact)| match f {
                 WaybillFact::Track(t) => p2.linked_expiry(t.ts),
                 WaybillFact::Owner(..) => Time::MAX,
             },
@@ -228,7 +228,7 @@ impl Pipeline for Logistics {
         let outs =
             tracks
                 .concat(owners)
-                .reduce_named("Waybill", move |waybill: &String, facts, out| {
+                .reduce_named("Waybill", move |waybill: &Sym, facts, out| {
                     let mut tracks = Vec::new();
                     let mut owners = Vec::new();
                     for (f, r) in facts {

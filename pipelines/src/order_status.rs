@@ -14,7 +14,7 @@ use crate::{need, Context, Pipeline, SharedName};
 use adflow_engine::ops::expire_at;
 use adflow_model::event::{Body, OrderFlag};
 use adflow_model::output::OrderStatusRow;
-use adflow_model::{OutputRow, Table};
+use adflow_model::{OutputRow, Sym, Table};
 use serde::{Deserialize, Serialize};
 
 pub struct OrderStatus;
@@ -23,10 +23,10 @@ pub struct OrderStatus;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum OrderFact {
     Info(OrderInfo),
-    Person(String),
+    Person(Sym),
     LastClick(LastClick),
     Shipment(Shipment),
-    Summary(String, WaybillSummary),
+    Summary(Sym, WaybillSummary),
     Flag(OrderFlag, i64),
 }
 
@@ -89,14 +89,14 @@ pub fn order_state(facts: &[&OrderFact]) -> Option<OrderState> {
 pub fn status_row(order_id: &str, s: &OrderState) -> OrderStatusRow {
     OrderStatusRow {
         order_id: order_id.to_string(),
-        person_id: s.person_id.clone(),
+        person_id: s.person_id.to_string(),
         amount_fen: s.amount_fen,
         order_ts: s.order_ts,
         phone_masked: s.phone_masked.clone(),
-        campaign_id: s.last_click.as_ref().map(|l| l.campaign_id.clone()),
-        channel: s.last_click.as_ref().map(|l| l.channel.clone()),
-        shipper_code: s.shipment.as_ref().map(|x| x.shipper_code.clone()),
-        logistic_code: s.shipment.as_ref().map(|x| x.waybill.clone()),
+        campaign_id: s.last_click.as_ref().map(|l| l.campaign_id.to_string()),
+        channel: s.last_click.as_ref().map(|l| l.channel.to_string()),
+        shipper_code: s.shipment.as_ref().map(|x| x.shipper_code.to_string()),
+        logistic_code: s.shipment.as_ref().map(|x| x.waybill.to_string()),
         delivery: s.delivery.name().to_string(),
         delivery_ts: s.summary.as_ref().map(|x| x.delivery_ts),
         cancelled: s.cancelled,
@@ -142,7 +142,7 @@ impl Pipeline for OrderStatus {
         let flags = expire_at(
             flags,
             "ExpireStatus",
-            move |(_, f): &(String, OrderFact)| match f {
+            move |(_, f): &(Sym, OrderFact)| match f {
                 OrderFact::Flag(_, ts) => p1.linked_expiry(*ts),
                 _ => adflow_engine::NEVER,
             },

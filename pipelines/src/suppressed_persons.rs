@@ -45,7 +45,7 @@ impl Pipeline for SuppressedPersons {
         cx.outputs.push(open.map(|((person_id, kind), since_ts)| {
             (
                 OutputRow::SuppressedPerson(SuppressedPersonRow {
-                    person_id,
+                    person_id: person_id.to_string(),
                     reason: kind.name().to_string(),
                     since_ts,
                 }),

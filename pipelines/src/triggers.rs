@@ -19,7 +19,7 @@ use adflow_engine::ops::delay_until;
 use adflow_engine::Diff;
 use adflow_model::event::OrderFlag;
 use adflow_model::output::TriggerRow;
-use adflow_model::{OutputRow, Table};
+use adflow_model::{OutputRow, Sym, Table};
 use serde::{Deserialize, Serialize};
 
 pub struct Triggers;
@@ -42,7 +42,7 @@ pub fn candidates(order_id: &str, s: &OrderState, replenishment_delay: i64) -> V
         due_ts,
         kind: kind.to_string(),
         order_id: order_id.to_string(),
-        campaign_id: s.last_click.as_ref().map(|l| l.campaign_id.clone()),
+        campaign_id: s.last_click.as_ref().map(|l| l.campaign_id.to_string()),
         order_ts: s.order_ts,
     };
     let summary = s.summary.as_ref();
@@ -103,7 +103,7 @@ impl Pipeline for Triggers {
         let cands = delay_until(
             cands,
             "TriggerTimer",
-            |(_, f): &(String, PersonFact)| match f {
+            |(_, f): &(Sym, PersonFact)| match f {
                 PersonFact::Candidate(c) => Params::at(c.due_ts, 0),
                 PersonFact::Interval(_) => 0,
             },
@@ -111,7 +111,7 @@ impl Pipeline for Triggers {
         let facts = cands.concat(person_intervals.map(|(p, i)| (p, PersonFact::Interval(i))));
         let triggers = facts.reduce_named(
             "Suppression",
-            |person: &String, facts, out: &mut Vec<((TriggerRow, i64), Diff)>| {
+            |person: &Sym, facts, out: &mut Vec<((TriggerRow, i64), Diff)>| {
                 let mut intervals = Vec::new();
                 let mut cands = Vec::new();
                 for (f, r) in facts {
@@ -133,7 +133,7 @@ impl Pipeline for Triggers {
                                 trigger_id: format!("{}:{}", c.order_id, c.kind),
                                 kind: c.kind.clone(),
                                 order_id: c.order_id.clone(),
-                                person_id: person.clone(),
+                                person_id: person.to_string(),
                                 campaign_id: c.campaign_id.clone(),
                                 due_ts: c.due_ts,
                             },

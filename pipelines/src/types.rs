@@ -3,6 +3,7 @@
 use adflow_engine::Time;
 use adflow_model::config::Settings;
 use adflow_model::event::OrderFlag;
+use adflow_model::Sym;
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use serde::{Deserialize, Serialize};
 
@@ -69,9 +70,9 @@ pub fn person_of(label: &Label) -> Option<&str> {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Click {
     pub ts: i64,
-    pub event_id: String,
-    pub campaign_id: String,
-    pub channel: String,
+    pub event_id: Sym,
+    pub campaign_id: Sym,
+    pub channel: Sym,
     pub device_node: Option<String>,
     pub user_node: Option<String>,
 }
@@ -80,8 +81,8 @@ pub struct Click {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct OrderInfo {
     pub ts: i64,
-    pub event_id: String,
-    pub user_id: String,
+    pub event_id: Sym,
+    pub user_id: Sym,
     pub amount_fen: i64,
     pub phone_masked: Option<String>,
 }
@@ -89,24 +90,24 @@ pub struct OrderInfo {
 /// The campaign and channel of an order's last-click attribution.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct LastClick {
-    pub campaign_id: String,
-    pub channel: String,
+    pub campaign_id: Sym,
+    pub channel: Sym,
 }
 
 /// An order's latest shipment.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Shipment {
     pub ts: i64,
-    pub event_id: String,
-    pub shipper_code: String,
-    pub waybill: String,
+    pub event_id: Sym,
+    pub shipper_code: Sym,
+    pub waybill: Sym,
 }
 
 /// A track of a waybill, ordered by (`ts`, `event_id`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TrackRec {
     pub ts: i64,
-    pub event_id: String,
+    pub event_id: Sym,
     /// `state_ex` when present, else `state`.
     pub code: u32,
 }
@@ -204,13 +205,13 @@ impl IntervalKind {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ParcelInterval {
     pub kind: IntervalKind,
-    pub waybill: String,
+    pub waybill: Sym,
     pub opened: i64,
     pub closed: Option<i64>,
     /// `last_state` (stalls) or `state` (exceptions).
     pub code: u32,
-    pub owner_order: Option<String>,
-    pub owner_person: Option<String>,
+    pub owner_order: Option<Sym>,
+    pub owner_person: Option<Sym>,
     /// When the row freezes (the earliest expiry of its inputs).
     pub freeze: Time,
 }
@@ -226,7 +227,7 @@ impl ParcelInterval {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct OrderState {
     pub order_ts: i64,
-    pub person_id: String,
+    pub person_id: Sym,
     pub amount_fen: i64,
     pub phone_masked: Option<String>,
     pub last_click: Option<LastClick>,

@@ -2,7 +2,7 @@
 
 use crate::{Col, Diff, OutRec, Time};
 use adflow_model::event::Event;
-use adflow_model::{Change, OutputRow};
+use adflow_model::{Change, OutputRow, Sym};
 use differential_dataflow::collection::AsCollection;
 use differential_dataflow::difference::{Abelian, Semigroup};
 use differential_dataflow::Data;
@@ -47,6 +47,19 @@ where
     F: FnMut(&D) -> Time + 'static,
 {
     let retractions = delay_until(col.clone().negate(), name, expiry);
+    col.concat(retractions)
+}
+
+/// [`expire_at`] for records whose expiry depends on a grouping key (an hour or window bucket):
+/// the retractions of one batch are summed per `(record, expiry)` before they reach an
+/// arrangement, so a key's many contributions leave as one update.
+pub fn expire_grouped_at<'s, D, R, F>(col: Col<'s, D, R>, name: &str, expiry: F) -> Col<'s, D, R>
+where
+    D: Data + Hash + Eq,
+    R: Abelian + 'static,
+    F: FnMut(&D) -> Time + 'static,
+{
+    let retractions = consolidate_batches(delay_until(col.clone().negate(), name, expiry), name);
     col.concat(retractions)
 }
 
@@ -124,9 +137,9 @@ pub fn dedup<'s>(
             Exchange::new(|(e, _, _): &(Event, Time, Diff)| event_key_hash(e)),
             "Dedup",
             move |_, _| {
-                let mut seen: HashSet<(u8, String), FastHash> = HashSet::default();
+                let mut seen: HashSet<(u8, Sym), FastHash> = HashSet::default();
                 // Keys by the logical time they were recorded at (the first copy's time).
-                let mut by_time: BTreeMap<Time, Vec<(u8, String)>> = BTreeMap::new();
+                let mut by_time: BTreeMap<Time, Vec<(u8, Sym)>> = BTreeMap::new();
                 // The largest logical time seen so far: keys are recorded at it, so a replay or a
                 // shuffled file (where the watermark barely moves) keeps catching redeliveries.
                 let mut high: Time = 0;

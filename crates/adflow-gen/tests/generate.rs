@@ -65,7 +65,7 @@ fn lines_parse_except_malformed_and_duplicates_are_exact() {
                     {
                         *codes.entry(state_ex.unwrap_or(*state)).or_insert(0) += 1;
                     }
-                    if let Some((j, orig, ts)) = seen.get(&ev.event_id) {
+                    if let Some((j, orig, ts)) = seen.get(ev.event_id.as_str()) {
                         assert_eq!(orig, line, "duplicate id {} differs", ev.event_id);
                         assert!(i - j <= 110, "duplicate too far: {} lines", i - j);
                         assert!(
@@ -81,7 +81,7 @@ fn lines_parse_except_malformed_and_duplicates_are_exact() {
                             i + 1
                         );
                         max_ts = max_ts.max(ev.ts);
-                        seen.insert(ev.event_id.clone(), (i, line.to_string(), ev.ts));
+                        seen.insert(ev.event_id.to_string(), (i, line.to_string(), ev.ts));
                     }
                 }
             }

@@ -8,6 +8,7 @@
 use crate::identity::{clean_waybill, is_junk, mask_phone, normalize_phone, phone_hash};
 use crate::money::parse_fen;
 use crate::stream::StreamKind;
+use crate::sym::Sym;
 use crate::time::{check_range, parse_ts_text};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -61,7 +62,7 @@ impl IdNode {
 /// A validated input event. `event_id` and `ts` (epoch ms) are common to all.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Event {
-    pub event_id: String,
+    pub event_id: Sym,
     pub ts: i64,
     pub body: Body,
 }
@@ -70,41 +71,41 @@ pub struct Event {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Body {
     Impression {
-        campaign_id: String,
-        channel: String,
-        device_id: String,
+        campaign_id: Sym,
+        channel: Sym,
+        device_id: Sym,
         cost_fen: i64,
     },
     Click {
-        campaign_id: String,
-        channel: String,
-        device_id: String,
+        campaign_id: Sym,
+        channel: Sym,
+        device_id: Sym,
         cost_fen: i64,
         /// `None` when absent or junk.
-        user_id: Option<String>,
+        user_id: Option<Sym>,
     },
     Order {
-        order_id: String,
-        user_id: String,
+        order_id: Sym,
+        user_id: Sym,
         amount_fen: i64,
         /// Keyed hash of the normalized phone, `None` when absent or junk.
         phone_hash: Option<String>,
         phone_masked: Option<String>,
     },
     OrderStatus {
-        order_id: String,
+        order_id: Sym,
         flag: OrderFlag,
     },
     Shipment {
-        order_id: String,
-        shipper_code: String,
+        order_id: Sym,
+        shipper_code: Sym,
         /// Cleaned waybill number.
-        logistic_code: String,
+        logistic_code: Sym,
     },
     Track {
-        shipper_code: String,
+        shipper_code: Sym,
         /// Cleaned waybill number.
-        logistic_code: String,
+        logistic_code: Sym,
         state: u32,
         state_ex: Option<u32>,
         station: Option<String>,
@@ -220,6 +221,37 @@ fn opt_string(name: &str, v: Option<&RawValue>) -> R<Option<String>> {
 }
 
 /// A non-empty identifier.
+/// A required, non-empty JSON string field as a [`Sym`] (interned when `intern`: identifiers
+/// with few distinct values), without an intermediate `String`.
+fn ident_sym(name: &str, v: Option<&RawValue>, intern: bool) -> R<Sym> {
+    let s = str_sym(name, v, intern)?;
+    if s.is_empty() {
+        return Err(format!("field `{name}` is empty"));
+    }
+    Ok(s)
+}
+
+/// A required JSON string field (trimmed) as a [`Sym`].
+fn str_sym(name: &str, v: Option<&RawValue>, intern: bool) -> R<Sym> {
+    let v = match v {
+        None => return Err(format!("missing required field `{name}`")),
+        Some(v) if is_null(v) => return Err(format!("missing required field `{name}` (null)")),
+        Some(v) => v,
+    };
+    let t = v.get();
+    if !t.starts_with('"') {
+        return Err(format!("field `{name}` must be a string, got {}", kind(t)));
+    }
+    let s: std::borrow::Cow<'_, str> =
+        serde_json::from_str(t).map_err(|e| format!("field `{name}`: {e}"))?;
+    let s = s.trim();
+    Ok(if intern {
+        Sym::interned(s)
+    } else {
+        Sym::new(s)
+    })
+}
+
 fn ident(name: &str, v: Option<&RawValue>) -> R<String> {
     let s = string(name, v)?;
     if s.is_empty() {
@@ -328,7 +360,7 @@ pub fn parse_event(stream: StreamKind, raw: &[u8], cfg: &ParseConfig) -> Result<
     }
     let f: Fields<'_> = serde_json::from_str(trimmed).map_err(|e| format!("invalid JSON: {e}"))?;
     let ty = string("type", f.ty)?;
-    let event_id = ident("event_id", f.event_id)?;
+    let event_id = ident_sym("event_id", f.event_id, false)?;
     let ts = timestamp(f.ts, cfg)?;
     let allowed: &[&str] = match stream {
         StreamKind::AdEvents => &["impression", "click"],
@@ -346,17 +378,19 @@ pub fn parse_event(stream: StreamKind, raw: &[u8], cfg: &ParseConfig) -> Result<
     }
     let body = match ty.as_str() {
         "impression" => Body::Impression {
-            campaign_id: ident("campaign_id", f.campaign_id)?,
-            channel: ident("channel", f.channel)?,
-            device_id: string("device_id", f.device_id)?,
+            campaign_id: ident_sym("campaign_id", f.campaign_id, true)?,
+            channel: ident_sym("channel", f.channel, true)?,
+            device_id: str_sym("device_id", f.device_id, false)?,
             cost_fen: money("cost", f.cost, Some(0))?,
         },
         "click" => Body::Click {
-            campaign_id: ident("campaign_id", f.campaign_id)?,
-            channel: ident("channel", f.channel)?,
-            device_id: string("device_id", f.device_id)?,
+            campaign_id: ident_sym("campaign_id", f.campaign_id, true)?,
+            channel: ident_sym("channel", f.channel, true)?,
+            device_id: str_sym("device_id", f.device_id, false)?,
             cost_fen: money("cost", f.cost, None)?,
-            user_id: opt_string("user_id", f.user_id)?.filter(|u| !is_junk(u)),
+            user_id: opt_string("user_id", f.user_id)?
+                .filter(|u| !is_junk(u))
+                .map(Sym::from),
         },
         "order" => {
             let user_id = string("user_id", f.user_id)?;
@@ -378,8 +412,8 @@ pub fn parse_event(stream: StreamKind, raw: &[u8], cfg: &ParseConfig) -> Result<
                 },
             };
             Body::Order {
-                order_id: ident("order_id", f.order_id)?,
-                user_id,
+                order_id: ident_sym("order_id", f.order_id, false)?,
+                user_id: Sym::from(user_id),
                 amount_fen: money("amount", f.amount, None)?,
                 phone_hash,
                 phone_masked,
@@ -399,17 +433,17 @@ pub fn parse_event(stream: StreamKind, raw: &[u8], cfg: &ParseConfig) -> Result<
                 }
             };
             Body::OrderStatus {
-                order_id: ident("order_id", f.order_id)?,
+                order_id: ident_sym("order_id", f.order_id, false)?,
                 flag,
             }
         }
         "shipment" => Body::Shipment {
-            order_id: ident("order_id", f.order_id)?,
-            shipper_code: ident("shipper_code", f.shipper_code)?.to_uppercase(),
+            order_id: ident_sym("order_id", f.order_id, false)?,
+            shipper_code: Sym::interned(&ident("shipper_code", f.shipper_code)?.to_uppercase()),
             logistic_code: waybill(f.logistic_code)?,
         },
         "track" => Body::Track {
-            shipper_code: ident("shipper_code", f.shipper_code)?.to_uppercase(),
+            shipper_code: Sym::interned(&ident("shipper_code", f.shipper_code)?.to_uppercase()),
             logistic_code: waybill(f.logistic_code)?,
             state: code("state", f.state)?.ok_or("missing required field `state`")?,
             state_ex: code("state_ex", f.state_ex)?,
@@ -446,12 +480,12 @@ pub fn parse_event(stream: StreamKind, raw: &[u8], cfg: &ParseConfig) -> Result<
     Ok(Event { event_id, ts, body })
 }
 
-fn waybill(v: Option<&RawValue>) -> R<String> {
+fn waybill(v: Option<&RawValue>) -> R<Sym> {
     let c = clean_waybill(&ident("logistic_code", v)?);
     if c.is_empty() {
         return Err("field `logistic_code` is empty after cleaning".into());
     }
-    Ok(c)
+    Ok(Sym::from(c))
 }
 
 /// The first 4 KiB of a raw message as text (invalid UTF-8 replaced), cut at a character

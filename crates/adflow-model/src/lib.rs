@@ -18,8 +18,10 @@ pub mod money;
 pub mod output;
 pub mod sink;
 pub mod stream;
+pub mod sym;
 pub mod time;
 
 pub use output::{Change, OutputRow, Table};
 pub use sink::{Sink, SinkError};
 pub use stream::{Position, RawMessage, StreamKind};
+pub use sym::Sym;

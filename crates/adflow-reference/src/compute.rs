@@ -234,9 +234,10 @@ pub fn compute(input_dir: &Path, cfg: &RefConfig) -> Result<Tables, RefError> {
                     continue;
                 }
             };
-            if !seen.insert((stream, ev.event_id.clone())) {
+            if !seen.insert((stream, ev.event_id.to_string())) {
                 continue;
             }
+            let event_id = ev.event_id.to_string();
             w_final = w_final.max(ev.ts);
             let ts = ev.ts;
             match ev.body {
@@ -246,6 +247,7 @@ pub fn compute(input_dir: &Path, cfg: &RefConfig) -> Result<Tables, RefError> {
                     cost_fen,
                     ..
                 } => {
+                    let (campaign_id, channel) = (campaign_id.to_string(), channel.to_string());
                     *imp_windows
                         .entry(campaign_id.clone())
                         .or_default()
@@ -264,6 +266,7 @@ pub fn compute(input_dir: &Path, cfg: &RefConfig) -> Result<Tables, RefError> {
                     cost_fen,
                     user_id,
                 } => {
+                    let (campaign_id, channel) = (campaign_id.to_string(), channel.to_string());
                     let mut nodes = Vec::new();
                     nodes.extend(device_node(&device_id));
                     nodes.extend(user_id.as_deref().map(|u| format!("user:{u}")));
@@ -286,7 +289,7 @@ pub fn compute(input_dir: &Path, cfg: &RefConfig) -> Result<Tables, RefError> {
                     m.cost_fen += cost_fen;
                     m.click_cost_fen += cost_fen;
                     clicks.push(Click {
-                        event_id: ev.event_id,
+                        event_id,
                         ts,
                         campaign: campaign_id,
                         channel,
@@ -300,17 +303,18 @@ pub fn compute(input_dir: &Path, cfg: &RefConfig) -> Result<Tables, RefError> {
                     phone_hash,
                     phone_masked,
                 } => {
+                    let (order_id, user_id) = (order_id.to_string(), user_id.to_string());
                     let mut nodes = vec![format!("user:{user_id}")];
                     nodes.extend(phone_hash.as_deref().map(phone_node));
                     ident.connect(&nodes);
                     let newer = orders
                         .get(&order_id)
-                        .is_none_or(|o| (ts, &ev.event_id) > (o.ts, &o.event_id));
+                        .is_none_or(|o| (ts, &event_id) > (o.ts, &o.event_id));
                     if newer {
                         orders.insert(
                             order_id,
                             OrderDef {
-                                event_id: ev.event_id,
+                                event_id,
                                 ts,
                                 user_id,
                                 amount_fen,
@@ -320,24 +324,28 @@ pub fn compute(input_dir: &Path, cfg: &RefConfig) -> Result<Tables, RefError> {
                     }
                 }
                 Body::OrderStatus { order_id, flag } => {
-                    statuses.entry(order_id).or_default().push((ts, flag));
+                    statuses
+                        .entry(order_id.to_string())
+                        .or_default()
+                        .push((ts, flag));
                 }
                 Body::Shipment {
                     order_id,
                     shipper_code,
                     logistic_code,
                 } => {
+                    let order_id = order_id.to_string();
                     let newer = ships
                         .get(&order_id)
-                        .is_none_or(|s| (ts, &ev.event_id) > (s.ts, &s.event_id));
+                        .is_none_or(|s| (ts, &event_id) > (s.ts, &s.event_id));
                     if newer {
                         ships.insert(
                             order_id,
                             Ship {
-                                event_id: ev.event_id,
+                                event_id,
                                 ts,
-                                shipper_code,
-                                logistic_code,
+                                shipper_code: shipper_code.to_string(),
+                                logistic_code: logistic_code.to_string(),
                             },
                         );
                     }
@@ -348,11 +356,14 @@ pub fn compute(input_dir: &Path, cfg: &RefConfig) -> Result<Tables, RefError> {
                     state_ex,
                     ..
                 } => {
-                    tracks.entry(logistic_code).or_default().push(Track {
-                        ts,
-                        event_id: ev.event_id,
-                        code: track_code(state, state_ex),
-                    });
+                    tracks
+                        .entry(logistic_code.to_string())
+                        .or_default()
+                        .push(Track {
+                            ts,
+                            event_id,
+                            code: track_code(state, state_ex),
+                        });
                 }
                 Body::Link { nodes } => {
                     let keys: Vec<String> = nodes.iter().map(|n| n.key()).collect();
