@@ -224,27 +224,30 @@ pub fn output_stage<'s>(
             }
             let later = pending.split_off(&upto);
             let due = std::mem::replace(&mut pending, later);
-            let mut ready: Vec<(OutputRow, Time, Diff)> = Vec::new();
-            for (t, updates) in due {
-                for ((row, freeze), r) in updates {
-                    if t < freeze {
-                        ready.push((row, t, r));
+            let mut buf = buffer.borrow_mut();
+            // Times come in order; within a time, equal rows are summed (sorted only when the
+            // time has more than one update).
+            for (t, mut updates) in due {
+                updates.retain(|((_, freeze), _)| t < *freeze);
+                if updates.len() > 1 {
+                    updates.sort_unstable_by(|a, b| a.0 .0.cmp(&b.0 .0));
+                }
+                let version = t.min(i64::MAX as Time) as i64;
+                let mut current: Option<(OutputRow, Diff)> = None;
+                for ((row, _), r) in updates {
+                    match &mut current {
+                        Some((c, cr)) if *c == row => *cr += r,
+                        _ => {
+                            if let Some((c, cr)) = current.take() {
+                                push_change(&mut buf.changes, c, version, cr);
+                            }
+                            current = Some((row, r));
+                        }
                     }
                 }
-            }
-            consolidate_updates(&mut ready);
-            let mut buf = buffer.borrow_mut();
-            for (row, t, r) in ready {
-                let version = t.min(i64::MAX as Time) as i64;
-                let sign = if r > 0 { 1 } else { -1 };
-                for _ in 1..r.unsigned_abs() {
-                    buf.changes.push(Change {
-                        row: row.clone(),
-                        version,
-                        sign,
-                    });
+                if let Some((c, cr)) = current {
+                    push_change(&mut buf.changes, c, version, cr);
                 }
-                buf.changes.push(Change { row, version, sign });
             }
             buf.frontier = upto;
             released = upto;
@@ -252,16 +255,18 @@ pub fn output_stage<'s>(
     );
 }
 
-/// Sorts and consolidates `(row, time, diff)` updates; drops zero sums.
-pub fn consolidate_updates(updates: &mut Vec<(OutputRow, Time, Diff)>) {
-    updates.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
-    let mut out: Vec<(OutputRow, Time, Diff)> = Vec::with_capacity(updates.len());
-    for (row, t, r) in updates.drain(..) {
-        match out.last_mut() {
-            Some(last) if last.1 == t && last.0 == row => last.2 += r,
-            _ => out.push((row, t, r)),
-        }
+/// Appends `|r|` changes of `row` (none when `r` is 0).
+fn push_change(out: &mut Vec<Change>, row: OutputRow, version: i64, r: Diff) {
+    if r == 0 {
+        return;
     }
-    out.retain(|u| u.2 != 0);
-    *updates = out;
+    let sign = if r > 0 { 1 } else { -1 };
+    for _ in 1..r.unsigned_abs() {
+        out.push(Change {
+            row: row.clone(),
+            version,
+            sign,
+        });
+    }
+    out.push(Change { row, version, sign });
 }

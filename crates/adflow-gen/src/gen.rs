@@ -1134,7 +1134,9 @@ fn drain(w: &mut World, outs: &mut [StreamOut], until: i64) -> Result<(), GenErr
         ready.sort_unstable_by_key(|e| (e.key, e.seq));
         for ev in &ready {
             w.format(s, ev);
-            outs[s.index()].emit(ev.key, &w.line)?;
+            // Malformed lines get their `ts` from the key: compressed like the events' times.
+            let key = w.start + (ev.key - w.start) / w.time_scale;
+            outs[s.index()].emit(key, &w.line)?;
         }
     }
     Ok(())
