@@ -19,7 +19,7 @@
 
 use crate::types::*;
 use crate::{need, Context, Pipeline, SharedName};
-use adflow_engine::ops::expire_grouped_at;
+use adflow_engine::ops::{consolidate_batches, expire_grouped_at};
 use adflow_engine::Col;
 use adflow_model::event::Body;
 use adflow_model::output::{CampaignMetricsRow, Fixed};
@@ -109,7 +109,9 @@ impl Pipeline for CampaignMetrics {
                     _ => None,
                 }
             });
-        let ads = ads.explode(|(k, m)| Some((k, m)));
+        // A busy tick brings many impressions of one campaign-hour: summed per batch first, so
+        // the arrangement receives one update per key and tick rather than one per event.
+        let ads = consolidate_batches(ads.explode(|(k, m)| Some((k, m))), "SumAdMetrics");
         let ads = expire_grouped_at(ads, "ExpireAdMetrics", move |k: &MetricsKey| {
             Params::at(k.2, ret)
         });
