@@ -4,6 +4,9 @@
 #
 #   bench/kafka.sh                          # defaults below
 #   USERS=1000 DAYS=4 RATES="10000 50000 0" bench/kafka.sh   # 0 = as fast as possible
+#   USERS=20000 DAYS=1 TIME_SCALE=8640 RATES="100000 0" bench/kafka.sh
+#       # event time compressed so that ~100k events fall in each second of event time: at
+#       # 100k lines/s offered, event time then moves about as fast as the wall clock (live)
 #
 # Starts its own tansu broker (memory storage) on $PORT, generates one data set, and for each
 # rate starts `adflow run --kafka ... --latency --exit-when-idle 3` on fresh topics, then
@@ -14,6 +17,7 @@ BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/adflow"
 WORK="${BENCH_DIR:-$ROOT/target/bench-kafka}"
 USERS="${USERS:-1000}"
 DAYS="${DAYS:-4}"
+TIME_SCALE="${TIME_SCALE:-1}"
 RATES="${RATES:-10000 20000 50000 100000 0}"
 WORKERS="${WORKERS:-2}"
 PORT="${PORT:-19095}"
@@ -21,7 +25,7 @@ mkdir -p "$WORK"
 bash "$ROOT/scripts/services/tansu.sh" install >&2
 BROKERS="$(bash "$ROOT/scripts/services/tansu.sh" start --port "$PORT")"
 trap 'bash "$ROOT/scripts/services/tansu.sh" stop --port "$PORT" >/dev/null 2>&1 || true' EXIT
-"$BIN" generate --output "$WORK/in" --seed 1 --users "$USERS" --days "$DAYS" 2>/dev/null
+"$BIN" generate --output "$WORK/in" --seed 1 --users "$USERS" --days "$DAYS" --time-scale "$TIME_SCALE" 2>/dev/null
 LINES=$(cat "$WORK"/in/*.jsonl | grep -c . || true)
 printf '[kafka]\nidle_timeout = "2s"\n' > "$WORK/bench.toml"
 
