@@ -270,3 +270,54 @@ fn push_change(out: &mut Vec<Change>, row: OutputRow, version: i64, r: Diff) {
     }
     out.push(Change { row, version, sign });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use differential_dataflow::input::Input;
+    use std::sync::{Arc, Mutex};
+    use timely::dataflow::operators::Inspect;
+
+    /// Runs `consolidate_batches` over one batch of updates and returns what it emitted, sorted.
+    fn consolidated(updates: Vec<(&'static str, Time, Diff)>) -> Vec<(String, Time, Diff)> {
+        let seen: Arc<Mutex<Vec<(String, Time, Diff)>>> = Arc::default();
+        let s = seen.clone();
+        timely::execute_directly(move |worker| {
+            let mut input = worker.dataflow::<Time, _, _>(|scope| {
+                let (input, col) = scope.new_collection::<&'static str, Diff>();
+                consolidate_batches(col, "Test")
+                    .inner
+                    .inspect(move |(d, t, r)| {
+                        s.lock().unwrap().push((d.to_string(), *t, *r));
+                    });
+                input
+            });
+            for (d, t, r) in &updates {
+                input.update_at(*d, *t, *r);
+            }
+        });
+        let mut v = seen.lock().unwrap().clone();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn consolidate_batches_sums_per_record_and_time() {
+        let out = consolidated(vec![
+            ("a", 5, 1),
+            ("b", 5, 1),
+            ("a", 5, 2),
+            ("a", 7, 1),
+            ("c", 5, 1),
+            ("c", 5, -1),
+        ]);
+        assert_eq!(
+            out,
+            vec![
+                ("a".to_string(), 5, 3),
+                ("a".to_string(), 7, 1),
+                ("b".to_string(), 5, 1)
+            ]
+        );
+    }
+}
