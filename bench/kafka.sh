@@ -27,7 +27,8 @@ BROKERS="$(bash "$ROOT/scripts/services/tansu.sh" start --port "$PORT")"
 trap 'bash "$ROOT/scripts/services/tansu.sh" stop --port "$PORT" >/dev/null 2>&1 || true' EXIT
 "$BIN" generate --output "$WORK/in" --seed 1 --users "$USERS" --days "$DAYS" --time-scale "$TIME_SCALE" 2>/dev/null
 LINES=$(cat "$WORK"/in/*.jsonl | grep -c . || true)
-printf '[kafka]\nidle_timeout = "2s"\n' > "$WORK/bench.toml"
+# LATENESS (e.g. "1s") overrides the allowed lateness (default 5 s), which the latency includes.
+{ [ -n "${LATENESS:-}" ] && printf 'allowed_lateness = "%s"\n' "$LATENESS"; printf '[kafka]\nidle_timeout = "2s"\n'; } > "$WORK/bench.toml"
 
 echo "| offered rate (lines/s) | lines | produced lines/s | consumed msg/s | latency p50 ms | p99 ms | max ms |"
 echo "|---|---|---|---|---|---|---|"
