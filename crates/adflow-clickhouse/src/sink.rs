@@ -64,7 +64,7 @@
 //! keeps the batches from the newest checkpoint on; older partitions (1,024 batches each) are
 //! dropped as checkpoints advance.
 
-use crate::config::ClickHouseConfig;
+use crate::config::{ClickHouseConfig, RetryConfig};
 use crate::error::ClickHouseError;
 use crate::rows::TableRows;
 use crate::schema::{qualified, JOURNAL_PARTITION_BATCHES, JOURNAL_TABLE};
@@ -842,6 +842,27 @@ impl Writer {
     }
 
     /// [`Writer::resume_once`], retried per `config.retry` while the server is unreachable.
+    /// Counts a failed attempt; gives up (`Err(GaveUp)`) once `retry.max_attempts` is reached.
+    fn failed_attempt(
+        &self,
+        attempts: &mut u32,
+        retry: &RetryConfig,
+        e: &ClickHouseError,
+    ) -> Result<(), ClickHouseError> {
+        *attempts += 1;
+        self.shared
+            .counters
+            .failed_attempts
+            .fetch_add(1, Ordering::Relaxed);
+        if retry.max_attempts.is_some_and(|max| *attempts >= max) {
+            return Err(ClickHouseError::GaveUp {
+                attempts: *attempts,
+                last_error: e.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     async fn resume(&mut self) -> Result<ResumeReport, ClickHouseError> {
         let retry = self.config.retry.clone();
         let mut backoff = Duration::from_millis(retry.initial_backoff_ms);
@@ -854,17 +875,7 @@ impl Writer {
                     return Err(e)
                 }
                 Err(e) => {
-                    attempts += 1;
-                    self.shared
-                        .counters
-                        .failed_attempts
-                        .fetch_add(1, Ordering::Relaxed);
-                    if retry.max_attempts.is_some_and(|max| attempts >= max) {
-                        return Err(ClickHouseError::GaveUp {
-                            attempts,
-                            last_error: e.to_string(),
-                        });
-                    }
+                    self.failed_attempt(&mut attempts, &retry, &e)?;
                     tracing::warn!(attempts, backoff_ms = backoff.as_millis() as u64, error = %e, "ClickHouse sink cannot resume yet; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(max_backoff);
@@ -1078,17 +1089,7 @@ impl Writer {
                 }
                 Err(e) => {
                     uncertain = true;
-                    attempts += 1;
-                    self.shared
-                        .counters
-                        .failed_attempts
-                        .fetch_add(1, Ordering::Relaxed);
-                    if retry.max_attempts.is_some_and(|max| attempts >= max) {
-                        return Err(ClickHouseError::GaveUp {
-                            attempts,
-                            last_error: e.to_string(),
-                        });
-                    }
+                    self.failed_attempt(&mut attempts, retry, &e)?;
                     if self.shared.abort.load(Ordering::Acquire) {
                         return Err(ClickHouseError::WriterStopped(
                             "sink dropped while retrying".into(),

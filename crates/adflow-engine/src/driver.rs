@@ -259,6 +259,31 @@ pub(crate) fn deliver(
     Ok(())
 }
 
+/// Moves both inputs to `t` (unless they are there already) and steps `worker` until the
+/// dataflow has processed everything below `t` and, on worker 0, the output stage has released
+/// it into `buffer` (ready for [`deliver`]).
+pub(crate) fn release_until(
+    worker: &mut timely::worker::Worker,
+    ev_in: &mut InputSession<Time, Event, Diff>,
+    dl_in: &mut InputSession<Time, OutRec, Diff>,
+    probe: &ProbeHandle<Time>,
+    buffer: &Rc<RefCell<OutputBuffer>>,
+    t: Time,
+) {
+    if t > *ev_in.time() {
+        ev_in.advance_to(t);
+        dl_in.advance_to(t);
+    }
+    ev_in.flush();
+    dl_in.flush();
+    worker.step_while(|| probe.less_than(&t));
+    if worker.index() == 0 {
+        while buffer.borrow().frontier < t {
+            worker.step();
+        }
+    }
+}
+
 /// Runs `program` over bounded sources until they are exhausted, writing every output change
 /// to `sinks`. Event time ends at the largest `ts` seen: timers due later do not fire.
 pub fn run(
@@ -493,15 +518,8 @@ fn run_worker(
         .unwrap_or(1)
         .max(*ev_in.time());
     *limit.borrow_mut() = end;
-    ev_in.advance_to(end);
-    dl_in.advance_to(end);
-    ev_in.flush();
-    dl_in.flush();
-    worker.step_while(|| probe.less_than(&end));
+    release_until(worker, &mut ev_in, &mut dl_in, &probe, &buffer, end);
     if index == 0 {
-        while buffer.borrow().frontier < end {
-            worker.step();
-        }
         deliver(&buffer, &mut sinks, &[], &mut report, &mut handed)?;
         for s in sinks.iter_mut() {
             s.flush()?;

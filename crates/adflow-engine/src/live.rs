@@ -41,7 +41,9 @@
 //! The partition table, the durable frontier and the stop decision are shared in memory, so a
 //! live run is one process with `workers` threads.
 
-use crate::driver::{build_dataflow, deliver, Built, Ingest, Ingested, RunOptions, RunReport};
+use crate::driver::{
+    build_dataflow, deliver, release_until, Built, Ingest, Ingested, RunOptions, RunReport,
+};
 use crate::{to_time, EngineError, Program, Time};
 use adflow_model::{Position, RawMessage, Sink, StreamKind, Table};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -682,17 +684,8 @@ fn live_worker(
 
     // Stop: advance to the final watermark, release and flush everything below it, commit.
     let stop = lock(&shared.stop_at).unwrap_or(0);
-    if stop > *ev_in.time() {
-        ev_in.advance_to(stop);
-        dl_in.advance_to(stop);
-    }
-    ev_in.flush();
-    dl_in.flush();
-    worker.step_while(|| probe.less_than(&stop));
+    release_until(worker, &mut ev_in, &mut dl_in, &probe, &buffer, stop);
     if index == 0 {
-        while buffer.borrow().frontier < stop {
-            worker.step();
-        }
         deliver(&buffer, &mut sinks, &resume, &mut report, &mut handed)?;
         if live.measure_latency && handed > 0 {
             let mut lat = lock(&shared.latency);

@@ -97,6 +97,20 @@ pub struct PartitionStatus {
 }
 
 impl PartitionStatus {
+    /// A partition just assigned at `now`: nothing read or committed yet.
+    fn assigned(stream: StreamKind, partition: i32, now: SystemTime) -> PartitionStatus {
+        PartitionStatus {
+            stream,
+            partition,
+            assigned_at: now,
+            last_message_at: None,
+            next_offset: None,
+            committed: None,
+        }
+    }
+}
+
+impl PartitionStatus {
     /// Since when the partition has been idle: its last message, or its assignment when no
     /// message has come since. The engine lets a partition idle for longer than its idle timeout
     /// follow wall-clock time (spec §2).
@@ -266,14 +280,7 @@ impl KafkaSource {
         for &(stream, partition) in &mine {
             source.partitions.insert(
                 (stream, partition),
-                PartitionStatus {
-                    stream,
-                    partition,
-                    assigned_at: now,
-                    last_message_at: None,
-                    next_offset: None,
-                    committed: None,
-                },
+                PartitionStatus::assigned(stream, partition, now),
             );
         }
         for (stream, partition, committed) in source.committed_offsets(timeout)? {
@@ -577,14 +584,7 @@ fn apply_rebalance_events(
                 for &(stream, partition) in parts {
                     partitions.insert(
                         (stream, partition),
-                        PartitionStatus {
-                            stream,
-                            partition,
-                            assigned_at: now,
-                            last_message_at: None,
-                            next_offset: None,
-                            committed: None,
-                        },
+                        PartitionStatus::assigned(stream, partition, now),
                     );
                 }
             }
