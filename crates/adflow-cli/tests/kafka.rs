@@ -3,56 +3,31 @@
 //! data set, and `adflow kdniao receive --kafka` publishes the track events of a signed push.
 //! Without `ADFLOW_KAFKA_BROKERS` these tests fail, unless `ADFLOW_SKIP_SERVICE_TESTS=1`.
 
+mod common;
+
 use adflow_kafka::{ensure_topics, message_key, KafkaConfig, KafkaSource};
 use adflow_kdniao::answer::{KdniaoAnswer, PushRequestData};
 use adflow_kdniao::sandbox::{PushCommand, Sandbox, SandboxScript};
 use adflow_kdniao::Secret;
 use adflow_model::StreamKind;
+use common::{adflow, brokers, unique};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
 const EBID: &str = "1237100";
 const KEY: &str = "cli-kafka-test-app-key-7";
 
-fn brokers() -> Option<String> {
-    match std::env::var("ADFLOW_KAFKA_BROKERS") {
-        Ok(b) if !b.trim().is_empty() => Some(b),
-        _ => {
-            if std::env::var("ADFLOW_SKIP_SERVICE_TESTS").as_deref() == Ok("1") {
-                eprintln!("skipped: ADFLOW_SKIP_SERVICE_TESTS=1 and no ADFLOW_KAFKA_BROKERS");
-                None
-            } else {
-                panic!(
-                    "ADFLOW_KAFKA_BROKERS is not set: start a broker with \
-                     `scripts/services/tansu.sh start` and export \
-                     ADFLOW_KAFKA_BROKERS=127.0.0.1:19092, or set ADFLOW_SKIP_SERVICE_TESTS=1"
-                )
-            }
-        }
-    }
-}
-
 /// A config with a prefix and group of its own, so tests can share one broker.
 fn fresh_config(brokers: &str, name: &str) -> KafkaConfig {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
     let mut c = KafkaConfig::new(brokers);
-    c.topic_prefix = format!("cli{}{}_{name}.", std::process::id(), nanos % 1_000_000_000);
+    c.topic_prefix = format!("{}_{name}.", unique("cli"));
     c.group_id = format!("{}reader", c.topic_prefix);
     c.properties
         .insert("session.timeout.ms".into(), "10000".into());
     c.properties
         .insert("heartbeat.interval.ms".into(), "500".into());
-    c
-}
-
-fn adflow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_adflow"));
-    c.env("ADFLOW_LOG", "warn");
     c
 }
 

@@ -8,7 +8,7 @@ mod common;
 
 use adflow_model::{OutputRow, Table};
 use adflow_reference::read_changelog_dir;
-use common::{adflow, ok, unique};
+use common::{adflow, generate_and_run_files, ok, unique};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -60,24 +60,11 @@ fn kafka_run_with_clickhouse_only_killed_and_restarted_counts_nothing_twice() {
     };
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    ok(adflow()
-        .args([
-            "generate", "--seed", "3", "--users", "200", "--days", "2", "--output",
-        ])
-        .arg(dir.join("in")));
     // Checkpoints every 2 s, so that the sink also writes batches (every second) between them.
-    std::fs::write(
-        dir.join("cfg.toml"),
+    generate_and_run_files(
+        dir,
         "allowed_lateness = \"1s\"\n[kafka]\nidle_timeout = \"1s\"\ncommit_interval = \"2s\"\n",
-    )
-    .unwrap();
-    ok(adflow()
-        .args(["run", "--workers", "2", "--input"])
-        .arg(dir.join("in"))
-        .arg("--output")
-        .arg(dir.join("file"))
-        .arg("--config")
-        .arg(dir.join("cfg.toml")));
+    );
 
     let p = format!("{}.", unique("chk"));
     let db = format!("adflow_live_{}", std::process::id());

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{adflow, ok, unique};
+use common::{adflow, brokers, generate_and_run_files, ok, unique};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::ClientConfig;
@@ -16,45 +16,18 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn brokers() -> Option<String> {
-    match std::env::var("ADFLOW_KAFKA_BROKERS") {
-        Ok(b) if !b.trim().is_empty() => Some(b),
-        _ => {
-            if std::env::var("ADFLOW_SKIP_SERVICE_TESTS").as_deref() == Ok("1") {
-                eprintln!("skipped: ADFLOW_SKIP_SERVICE_TESTS=1 and no ADFLOW_KAFKA_BROKERS");
-                None
-            } else {
-                panic!("ADFLOW_KAFKA_BROKERS is not set (or set ADFLOW_SKIP_SERVICE_TESTS=1)")
-            }
-        }
-    }
-}
-
 fn prefix(name: &str) -> String {
     format!("{}_{name}.", unique("run"))
 }
 
 /// Generated data set, the settings both modes use, and the file-mode output.
 fn setup(dir: &Path) {
-    ok(adflow()
-        .args([
-            "generate", "--seed", "3", "--users", "200", "--days", "2", "--output",
-        ])
-        .arg(dir.join("in")));
     // Short lateness and idle timeout so `--exit-when-idle` moves event time past the end of
     // the data set within seconds, as the end of a file does.
-    std::fs::write(
-        dir.join("cfg.toml"),
+    generate_and_run_files(
+        dir,
         "allowed_lateness = \"1s\"\n[kafka]\nidle_timeout = \"1s\"\ncommit_interval = \"200ms\"\n",
-    )
-    .unwrap();
-    ok(adflow()
-        .args(["run", "--workers", "2", "--input"])
-        .arg(dir.join("in"))
-        .arg("--output")
-        .arg(dir.join("file"))
-        .arg("--config")
-        .arg(dir.join("cfg.toml")));
+    );
 }
 
 fn produce(dir: &Path, brokers: &str, prefix: &str, rate: Option<&str>) -> Command {
