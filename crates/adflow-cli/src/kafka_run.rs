@@ -5,7 +5,9 @@
 use crate::{extra_sink, load_settings, RunArgs};
 use adflow_engine::driver::RunOptions;
 use adflow_engine::file::FileSink;
-use adflow_engine::live::{run_live, LiveOptions, LiveSource, LiveSourceFactory};
+use adflow_engine::live::{
+    run_live, ClusterSpec, LiveOptions, LiveSinks, LiveSource, LiveSourceFactory,
+};
 use adflow_engine::EngineError;
 use adflow_kafka::{
     ensure_topics, DeadLetter, DeadLetterProducer, KafkaConfig, KafkaSource, StartAt,
@@ -23,7 +25,9 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 /// from the earliest offsets so the in-memory state is rebuilt after a restart.
 struct KafkaLive {
     source: KafkaSource,
-    committed: Vec<(StreamKind, i32, i64)>,
+    /// When each partition was last asked for its high watermark (the slow path of
+    /// `caught_up`, when librdkafka's statistics say nothing).
+    asked: std::collections::HashMap<(StreamKind, i32), (std::time::Instant, bool)>,
 }
 
 fn src_err(e: impl std::fmt::Display) -> EngineError {
@@ -33,10 +37,6 @@ fn src_err(e: impl std::fmt::Display) -> EngineError {
 impl LiveSource for KafkaLive {
     fn partitions(&self) -> Vec<(StreamKind, i32)> {
         self.source.assignment()
-    }
-
-    fn committed_at_start(&self) -> Vec<(StreamKind, i32, i64)> {
-        self.committed.clone()
     }
 
     fn poll(
@@ -53,9 +53,29 @@ impl LiveSource for KafkaLive {
             .collect())
     }
 
+    /// librdkafka's statistics (every 100 ms: the high watermark of the last fetch response,
+    /// only while the partition's leader broker is up) answer at once; when they say nothing
+    /// (starting, no fetch yet) the broker is asked, at most once a second per partition.
     fn caught_up(&mut self, stream: StreamKind, partition: i32) -> bool {
-        self.source
-            .caught_up(stream, partition, Duration::from_millis(500))
+        if let Some(c) = self
+            .source
+            .caught_up_cached(stream, partition, Duration::from_millis(500))
+        {
+            if c || self.source.next_offset(stream, partition).is_some() {
+                return c;
+            }
+        }
+        let key = (stream, partition);
+        if let Some(&(at, c)) = self.asked.get(&key) {
+            if at.elapsed() < Duration::from_secs(1) {
+                return c;
+            }
+        }
+        let c = self
+            .source
+            .caught_up(stream, partition, Duration::from_millis(200));
+        self.asked.insert(key, (std::time::Instant::now(), c));
+        c
     }
 
     fn commit(&mut self, offsets: &[(StreamKind, i32, i64)]) -> Result<(), EngineError> {
@@ -142,6 +162,46 @@ impl Sink for DeadLetterSink {
     }
 }
 
+/// The cluster of `--processes N --process I --hostfile FILE` (one process without them).
+fn cluster_spec(args: &RunArgs) -> Result<ClusterSpec> {
+    let funnel = !args.sinks.is_empty();
+    let Some(n) = args.processes else {
+        return Ok(ClusterSpec {
+            funnel,
+            ..ClusterSpec::single()
+        });
+    };
+    let process = args.process.context("--processes needs --process I")?;
+    let hostfile = args
+        .hostfile
+        .as_ref()
+        .context("--processes needs --hostfile FILE")?;
+    if n == 0 || process >= n {
+        bail!("--process {process} is not below --processes {n}");
+    }
+    let text = std::fs::read_to_string(hostfile)
+        .with_context(|| format!("reading the hostfile {}", hostfile.display()))?;
+    let addresses: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if addresses.len() < n {
+        bail!(
+            "the hostfile {} has {} addresses, --processes is {n}",
+            hostfile.display(),
+            addresses.len()
+        );
+    }
+    Ok(ClusterSpec {
+        processes: n,
+        process,
+        addresses: addresses[..n].to_vec(),
+        funnel,
+    })
+}
+
 /// `adflow run --kafka ...`.
 pub(crate) fn cmd_run_kafka(args: RunArgs) -> Result<()> {
     let settings = load_settings(args.config.as_ref())?;
@@ -163,21 +223,26 @@ pub(crate) fn cmd_run_kafka(args: RunArgs) -> Result<()> {
     // Topics that do not exist yet are created (4 partitions); existing ones are left alone.
     ensure_topics(&config, 4, METADATA_TIMEOUT).context("creating the adflow topics")?;
 
-    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let cluster = cluster_spec(&args)?;
+    let mut local: Vec<Box<dyn Sink>> = Vec::new();
     if let Some(out) = &args.output {
-        sinks.push(Box::new(FileSink::resume(out)?));
+        local.push(Box::new(FileSink::open_resumable(out)?));
     }
-    for spec in &args.sinks {
-        sinks.push(extra_sink(spec)?);
+    let mut funnel: Vec<Box<dyn Sink>> = Vec::new();
+    if cluster.process == 0 {
+        for spec in &args.sinks {
+            funnel.push(extra_sink(spec)?);
+        }
     }
-    if sinks.is_empty() {
+    if args.output.is_none() && args.sinks.is_empty() {
         bail!("live mode needs a sink: --output DIR and/or --sink clickhouse=URL");
     }
-    sinks.push(Box::new(DeadLetterSink {
+    local.push(Box::new(DeadLetterSink {
         producer: DeadLetterProducer::new(&config, Duration::from_secs(30))
             .context("dead-letter producer")?,
         durable: i64::MIN,
     }));
+    let sinks = LiveSinks { local, funnel };
 
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -198,14 +263,12 @@ pub(crate) fn cmd_run_kafka(args: RunArgs) -> Result<()> {
         let source =
             KafkaSource::assigned(&kcfg, index, peers, StartAt::Beginning, METADATA_TIMEOUT)
                 .map_err(src_err)?;
-        let committed = source
-            .partition_status()
-            .into_iter()
-            .filter_map(|p| p.committed.map(|c| (p.stream, p.partition, c)))
-            .collect();
-        Ok(Box::new(KafkaLive { source, committed }) as Box<dyn LiveSource>)
+        Ok(Box::new(KafkaLive {
+            source,
+            asked: Default::default(),
+        }) as Box<dyn LiveSource>)
     });
-    tracing::info!(brokers = %config.brokers, group = %config.group_id, prefix = %config.topic_prefix, workers = opts.workers, "live mode");
+    tracing::info!(brokers = %config.brokers, group = %config.group_id, prefix = %config.topic_prefix, workers = opts.workers, processes = cluster.processes, process = cluster.process, "live mode");
     let started = std::time::Instant::now();
     let report = run_live(
         Arc::new(adflow_pipelines::AdflowProgram),
@@ -213,6 +276,7 @@ pub(crate) fn cmd_run_kafka(args: RunArgs) -> Result<()> {
         sinks,
         opts,
         live,
+        cluster,
     )?;
     eprintln!(
         "adflow run --kafka: {} messages ({} events, {} late, {} duplicates, {} dead letters) -> {} changes in {:.2}s, final watermark {}",

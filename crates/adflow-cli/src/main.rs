@@ -74,9 +74,19 @@ struct RunArgs {
     /// its effects are handed to the sinks (p50/p99/max), and the consumed rate (benchmarks).
     #[arg(long, requires = "kafka")]
     latency: bool,
-    /// Worker threads.
+    /// Worker threads (per process).
     #[arg(long, short = 'w', default_value_t = 1)]
     workers: usize,
+    /// Live mode as a cluster: the number of processes (timely's TCP cluster). See
+    /// docs/cluster.md.
+    #[arg(long, value_name = "N", requires_all = ["kafka", "process", "hostfile"])]
+    processes: Option<usize>,
+    /// Live mode as a cluster: this process's index, from 0.
+    #[arg(long, value_name = "I", requires = "processes")]
+    process: Option<usize>,
+    /// Live mode as a cluster: one `host:port` per line; line I (from 0) is process I.
+    #[arg(long, value_name = "FILE", requires = "processes")]
+    hostfile: Option<PathBuf>,
     /// Settings file (TOML); see docs/configuration.md.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -209,7 +219,25 @@ fn cmd_run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// Any panic on any thread ends the process at once with an error. A timely cluster is
+/// shared-fate: a process whose peer died sees its connection break (timely's communication
+/// thread panics) and must stop instead of waiting for the peer forever.
+fn install_panic_exit() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let text = info.to_string();
+        if text.contains("timely communication error") {
+            eprintln!("adflow: error: lost the connection to a peer process of the cluster ({text}); stopping. Restart every process of the cluster.");
+        } else {
+            eprintln!("adflow: error: internal failure ({text}); stopping.");
+        }
+        std::process::exit(70);
+    }));
+}
+
 fn main() -> Result<()> {
+    install_panic_exit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ADFLOW_LOG")

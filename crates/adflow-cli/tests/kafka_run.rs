@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{adflow, brokers, generate_and_run_files, ok, unique};
+use common::{adflow, brokers, generate_and_run_files, ok, reference_contents, unique};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::ClientConfig;
@@ -22,13 +22,13 @@ fn prefix(name: &str) -> String {
 
 /// Generated data set, the settings both modes use, and the file-mode output.
 fn setup(dir: &Path) {
-    // Short lateness and idle timeout so `--exit-when-idle` moves event time past the end of
-    // the data set within seconds, as the end of a file does.
-    generate_and_run_files(
-        dir,
-        "allowed_lateness = \"1s\"\n[kafka]\nidle_timeout = \"1s\"\ncommit_interval = \"200ms\"\n",
-    );
+    // Once caught up, event time follows the wall clock (spec §2): every timer of the 2024
+    // data set fires, and the state retention must cover the span from the data to now.
+    generate_and_run_files(dir, LIVE_CONFIG);
 }
+
+/// The settings of the live-mode tests.
+const LIVE_CONFIG: &str = "allowed_lateness = \"1s\"\nstate_retention = \"3650d\"\n[kafka]\nidle_timeout = \"1s\"\ncommit_interval = \"200ms\"\n";
 
 fn produce(dir: &Path, brokers: &str, prefix: &str, rate: Option<&str>) -> Command {
     let mut c = adflow();
@@ -132,10 +132,22 @@ fn contents(dir: &Path) -> BTreeMap<String, BTreeMap<String, i64>> {
     out
 }
 
-fn assert_same(expected: &Path, actual: &Path) {
-    let (e, a) = (contents(expected), contents(actual));
+/// The tables the spec defines for the data set once a live run has caught up and gone idle:
+/// the reference with the end watermark now (every timer of the data set due).
+fn expected(dir: &Path) -> BTreeMap<String, BTreeMap<String, i64>> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    reference_contents(&dir.join("in"), &dir.join("cfg.toml"), Some(now))
+}
+
+fn assert_same(
+    e: &BTreeMap<String, BTreeMap<String, i64>>,
+    a: &BTreeMap<String, BTreeMap<String, i64>>,
+) {
     assert_eq!(e.keys().collect::<Vec<_>>(), a.keys().collect::<Vec<_>>());
-    for (table, rows) in &e {
+    for (table, rows) in e {
         assert!(!rows.is_empty() || table == "suppressed_persons" || table == "triggers");
         let got = &a[table];
         let missing: Vec<_> = rows
@@ -190,7 +202,7 @@ fn kafka_run_matches_file_mode_and_publishes_dead_letters() {
     let p = prefix("same");
     ok(&mut produce(dir, &brokers, &p, None));
     ok(run_kafka(dir, &brokers, &p, "kafka").args(["--exit-when-idle", "4"]));
-    assert_same(&dir.join("file"), &dir.join("kafka"));
+    assert_same(&expected(dir), &contents(&dir.join("kafka")));
 
     // Malformed messages: in the dead_letters changelog and on the dead-letter topic, with
     // the topic, partition and offset of each.
@@ -234,7 +246,7 @@ fn kafka_run_killed_and_restarted_counts_nothing_twice() {
     assert!(progress.contains("checkpoint"), "{progress}");
     assert!(producer.wait().unwrap().success());
     ok(run_kafka(dir, &brokers, &p, "kafka").args(["--exit-when-idle", "4"]));
-    assert_same(&dir.join("file"), &dir.join("kafka"));
+    assert_same(&expected(dir), &contents(&dir.join("kafka")));
 }
 
 #[test]
@@ -293,5 +305,180 @@ fn kafka_run_survives_a_broker_restart() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(status.success());
-    assert_same(&dir.join("file"), &dir.join("kafka"));
+    assert_same(&expected(dir), &contents(&dir.join("kafka")));
+}
+
+/// Two free loopback ports, as a hostfile for a cluster of two processes.
+fn hostfile(dir: &Path, name: &str) -> std::path::PathBuf {
+    let listeners: Vec<std::net::TcpListener> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let text: String = listeners
+        .iter()
+        .map(|l| format!("{}\n", l.local_addr().unwrap()))
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Process `i` of a cluster of `n` (hostfile `hosts`), writing `out`.
+fn cluster(
+    dir: &Path,
+    brokers: &str,
+    prefix: &str,
+    hosts: &Path,
+    n: usize,
+    i: usize,
+    workers: usize,
+    out: &str,
+) -> Command {
+    let mut c = adflow();
+    c.args([
+        "run",
+        "--kafka",
+        brokers,
+        "--topic-prefix",
+        prefix,
+        "--group",
+    ])
+    .arg(format!("{prefix}g"))
+    .args(["--workers", &workers.to_string()])
+    .args(["--processes", &n.to_string(), "--process", &i.to_string()])
+    .arg("--hostfile")
+    .arg(hosts)
+    .arg("--output")
+    .arg(dir.join(out))
+    .arg("--config")
+    .arg(dir.join("cfg.toml"));
+    c
+}
+
+/// Runs every command to its end; all must exit 0.
+fn all_ok(cmds: Vec<Command>) {
+    let children: Vec<_> = cmds
+        .into_iter()
+        .map(|mut c| {
+            c.stdout(Stdio::null()).stderr(Stdio::piped());
+            (format!("{c:?}"), c.spawn().unwrap())
+        })
+        .collect();
+    for (name, child) in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The union of several processes' changelogs.
+fn union(dirs: &[std::path::PathBuf]) -> BTreeMap<String, BTreeMap<String, i64>> {
+    let mut all: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for d in dirs {
+        for (table, rows) in contents(d) {
+            let t = all.entry(table).or_default();
+            for (row, n) in rows {
+                *t.entry(row).or_default() += n;
+            }
+        }
+    }
+    for rows in all.values_mut() {
+        rows.retain(|_, n| *n != 0);
+    }
+    all
+}
+
+#[test]
+fn cluster_of_processes_gives_the_spec_tables() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    setup(dir);
+    let p = prefix("cl");
+    ok(&mut produce(dir, &brokers, &p, None));
+    let want = expected(dir);
+    for workers in [1, 2] {
+        let hosts = hostfile(dir, &format!("hosts{workers}"));
+        let outs = [format!("w{workers}p0"), format!("w{workers}p1")];
+        all_ok(
+            (0..2)
+                .map(|i| {
+                    let mut c = cluster(dir, &brokers, &p, &hosts, 2, i, workers, &outs[i]);
+                    c.args(["--exit-when-idle", "3"]);
+                    c
+                })
+                .collect(),
+        );
+        let dirs: Vec<_> = outs.iter().map(|o| dir.join(o)).collect();
+        // Both processes wrote a share of the output.
+        for d in &dirs {
+            assert!(
+                contents(d)["campaign_metrics"].len() > 10,
+                "{}",
+                d.display()
+            );
+        }
+        assert_same(&want, &union(&dirs));
+    }
+}
+
+#[test]
+fn cluster_process_killed_stops_the_other_and_restarts_exactly() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    setup(dir);
+    let p = prefix("clkill");
+    let mut producer = produce(dir, &brokers, &p, Some("4000"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let hosts = hostfile(dir, "hosts");
+    let spawn = |i: usize| {
+        cluster(dir, &brokers, &p, &hosts, 2, i, 1, &format!("p{i}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let p0 = spawn(0);
+    let mut p1 = spawn(1);
+    std::thread::sleep(Duration::from_millis(2500));
+    p1.kill().unwrap(); // SIGKILL
+    p1.wait().unwrap();
+    let killed = Instant::now();
+    let out = p0.wait_with_output().unwrap();
+    let took = killed.elapsed();
+    assert!(!out.status.success(), "the surviving process must fail");
+    assert!(took < Duration::from_secs(10), "it took {took:?} to stop");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("peer process"), "{err}");
+    assert!(producer.wait().unwrap().success());
+
+    // Restart both: every table exactly, nothing twice.
+    let dirs = [dir.join("p0"), dir.join("p1")];
+    all_ok(
+        (0..2)
+            .map(|i| {
+                let mut c = cluster(dir, &brokers, &p, &hosts, 2, i, 1, &format!("p{i}"));
+                c.args(["--exit-when-idle", "3"]);
+                c
+            })
+            .collect(),
+    );
+    let want = expected(dir);
+    assert_same(&want, &union(&dirs));
+
+    // After that clean stop, the same job as one process with two workers continues: nothing
+    // new is written, and nothing counted twice.
+    all_ok(vec![{
+        let mut c = run_kafka(dir, &brokers, &p, "p0");
+        c.args(["--exit-when-idle", "3"]);
+        c
+    }]);
+    assert_same(&want, &union(&dirs));
 }

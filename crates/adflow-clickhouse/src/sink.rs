@@ -447,6 +447,10 @@ impl Sink for ClickHouseSink {
     fn resume_checkpoint(&self) -> Option<String> {
         self.resumed.as_ref().and_then(|r| r.checkpoint.clone())
     }
+
+    fn resumable(&self) -> bool {
+        self.resumable
+    }
 }
 
 impl Drop for ClickHouseSink {

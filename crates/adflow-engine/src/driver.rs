@@ -219,26 +219,33 @@ impl Ingest<'_> {
     }
 }
 
-/// Hands the changes the output stage released, with its frontier, to every sink: when there
-/// are changes or the frontier moved past `handed` (so sinks can report it durable). With
-/// `resume` (one map per sink; empty for none), a sink does not get the changes of a table
-/// below the frontier it resumed from. `report.changes` counts what the first sink got.
+/// Hands the changes the output stage released below `cap`, with the frontier
+/// `min(released frontier, cap)`, to every sink: when there are changes or the frontier moved
+/// past `handed` (so sinks can report it durable). Changes with a version below `resume_below`
+/// were stored by the run the sinks resumed from and are dropped; nothing is handed while the
+/// frontier is below it. `report.changes` counts what the first sink got.
 pub(crate) fn deliver(
     buffer: &Rc<RefCell<OutputBuffer>>,
     sinks: &mut [Box<dyn Sink>],
-    resume: &[std::collections::HashMap<adflow_model::Table, i64>],
+    resume_below: i64,
+    cap: i64,
     report: &mut RunReport,
     handed: &mut i64,
 ) -> Result<(), EngineError> {
     let (changes, frontier) = {
         let mut b = buffer.borrow_mut();
-        let frontier = b.frontier.min(i64::MAX as Time) as i64;
-        if b.changes.is_empty() && frontier <= *handed {
+        let frontier = (b.frontier.min(i64::MAX as Time) as i64).min(cap);
+        let n = b.changes.partition_point(|c| c.version < frontier);
+        if n == 0 && frontier <= *handed {
             return Ok(());
         }
-        (std::mem::take(&mut b.changes), frontier)
+        let rest = b.changes.split_off(n);
+        (std::mem::replace(&mut b.changes, rest), frontier)
     };
-    *handed = frontier;
+    *handed = (*handed).max(frontier);
+    if frontier < resume_below {
+        return Ok(());
+    }
     let n = sinks.len();
     let mut changes = Some(changes);
     for (i, s) in sinks.iter_mut().enumerate() {
@@ -248,8 +255,8 @@ pub(crate) fn deliver(
         } else {
             changes.clone().unwrap_or_default()
         };
-        if let Some(r) = resume.get(i).filter(|r| !r.is_empty()) {
-            batch.retain(|c| r.get(&c.row.table()).is_none_or(|&f| c.version >= f));
+        if resume_below > i64::MIN {
+            batch.retain(|c| c.version >= resume_below);
         }
         if i == 0 {
             report.changes += batch.len() as u64;
@@ -260,14 +267,14 @@ pub(crate) fn deliver(
 }
 
 /// Moves both inputs to `t` (unless they are there already) and steps `worker` until the
-/// dataflow has processed everything below `t` and, on worker 0, the output stage has released
-/// it into `buffer` (ready for [`deliver`]).
+/// dataflow has processed everything below `t` and the output stages of this worker (`buffers`:
+/// none on a worker that has no sinks) have released it (ready for [`deliver`]).
 pub(crate) fn release_until(
     worker: &mut timely::worker::Worker,
     ev_in: &mut InputSession<Time, Event, Diff>,
     dl_in: &mut InputSession<Time, OutRec, Diff>,
     probe: &ProbeHandle<Time>,
-    buffer: &Rc<RefCell<OutputBuffer>>,
+    buffers: &[Rc<RefCell<OutputBuffer>>],
     t: Time,
 ) {
     if t > *ev_in.time() {
@@ -277,10 +284,8 @@ pub(crate) fn release_until(
     ev_in.flush();
     dl_in.flush();
     worker.step_while(|| probe.less_than(&t));
-    if worker.index() == 0 {
-        while buffer.borrow().frontier < t {
-            worker.step();
-        }
+    while buffers.iter().any(|b| b.borrow().frontier < t) {
+        worker.step();
     }
 }
 
@@ -312,7 +317,8 @@ pub(crate) struct Built {
     pub dl_in: InputSession<Time, OutRec, Diff>,
     pub ctl_in: InputSession<Time, (u64, Time), Diff>,
     pub probe: ProbeHandle<Time>,
-    pub buffer: Rc<RefCell<OutputBuffer>>,
+    /// One output buffer per route given to [`build_dataflow`], filled on the route's target.
+    pub buffers: Vec<Rc<RefCell<OutputBuffer>>>,
     pub limit: Rc<RefCell<Time>>,
     pub dstats: Rc<RefCell<DedupStats>>,
     pub global_max: Rc<Cell<Option<Time>>>,
@@ -327,9 +333,14 @@ pub(crate) fn build_dataflow(
     worker: &mut timely::worker::Worker,
     program: &dyn Program,
     settings: &Settings,
+    routes: &[u64],
 ) -> Result<Built, EngineError> {
     let horizon = settings.dedup_horizon.0.max(0) as Time;
-    let buffer = Rc::new(RefCell::new(OutputBuffer::default()));
+    let buffers: Vec<Rc<RefCell<OutputBuffer>>> = routes
+        .iter()
+        .map(|_| Rc::new(RefCell::new(OutputBuffer::default())))
+        .collect();
+    let routes = routes.to_vec();
     let limit = Rc::new(RefCell::new(Time::MAX));
     let dstats = Rc::new(RefCell::new(DedupStats::default()));
     let global_max: Rc<Cell<Option<Time>>> = Rc::new(Cell::new(None));
@@ -338,7 +349,7 @@ pub(crate) fn build_dataflow(
 
     let dataflow_id = worker.next_dataflow_index();
     let (ev_in, dl_in, ctl_in, probe) = {
-        let (buffer, limit, dstats) = (buffer.clone(), limit.clone(), dstats.clone());
+        let (buffers, limit, dstats) = (buffers.clone(), limit.clone(), dstats.clone());
         let (global_max, ctl_done, build_error) =
             (global_max.clone(), ctl_done.clone(), build_error.clone());
         worker.dataflow::<Time, _, _>(move |scope| {
@@ -356,7 +367,9 @@ pub(crate) fn build_dataflow(
             outs.push(dead);
             let all = differential_dataflow::collection::concatenate(scope, outs);
             let (probe, all) = all.probe();
-            output_stage(all, buffer, limit);
+            for (buffer, &target) in buffers.into_iter().zip(&routes) {
+                output_stage(all.clone(), buffer, limit.clone(), target);
+            }
             // Control: every worker sends its largest event time to every worker, so all agree
             // on where event time ends.
             ctl.inner.sink(
@@ -386,7 +399,7 @@ pub(crate) fn build_dataflow(
         dl_in,
         ctl_in,
         probe,
-        buffer,
+        buffers,
         limit,
         dstats,
         global_max,
@@ -426,13 +439,14 @@ fn run_worker(
         mut dl_in,
         mut ctl_in,
         probe,
-        buffer,
+        buffers,
         limit,
         dstats,
         global_max,
         ctl_done,
         dataflow_id,
-    } = build_dataflow(worker, program, &settings)?;
+    } = build_dataflow(worker, program, &settings, &[0])?;
+    let buffer = buffers[0].clone();
 
     let mut report = RunReport::default();
     let mut max_ts: Option<i64> = None;
@@ -486,7 +500,14 @@ fn run_worker(
             }
         }
         if index == 0 {
-            deliver(&buffer, &mut sinks, &[], &mut report, &mut handed)?;
+            deliver(
+                &buffer,
+                &mut sinks,
+                i64::MIN,
+                i64::MAX,
+                &mut report,
+                &mut handed,
+            )?;
             if last_log.elapsed() >= opts.progress_every {
                 last_log = Instant::now();
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
@@ -518,9 +539,17 @@ fn run_worker(
         .unwrap_or(1)
         .max(*ev_in.time());
     *limit.borrow_mut() = end;
-    release_until(worker, &mut ev_in, &mut dl_in, &probe, &buffer, end);
+    let mine: &[Rc<RefCell<OutputBuffer>>] = if index == 0 { &buffers } else { &[] };
+    release_until(worker, &mut ev_in, &mut dl_in, &probe, mine, end);
     if index == 0 {
-        deliver(&buffer, &mut sinks, &[], &mut report, &mut handed)?;
+        deliver(
+            &buffer,
+            &mut sinks,
+            i64::MIN,
+            i64::MAX,
+            &mut report,
+            &mut handed,
+        )?;
         for s in sinks.iter_mut() {
             s.flush()?;
         }

@@ -167,31 +167,64 @@ pub struct FileSink {
     /// The engine checkpoint written with the next progress record / read at resume.
     checkpoint: Option<String>,
     resumed_checkpoint: Option<String>,
+    /// Resumable: the checkpoints stored on disk (newest first) until `resume_to` picks one.
+    points: Vec<Option<String>>,
+    stored: Vec<Point>,
+    /// The latest durable point and the one before it (written with the next progress record).
+    last: Option<Point>,
+    previous: Option<Point>,
+    /// Write the buffer out after every batch (resumable sinks: live mode's freshness).
+    visible: bool,
 }
 
-/// `OUT/_progress.json` of a resumable file sink: every change with `version < frontier` is in
+/// One durable point of a resumable file sink: every change with `version < frontier` is in
 /// the first `lengths[table]` bytes of `<table>.jsonl`, and nothing else is.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Progress {
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Point {
     frontier: i64,
     lengths: std::collections::BTreeMap<String, u64>,
     #[serde(default)]
     checkpoint: Option<String>,
 }
 
+impl Point {
+    /// The empty state (before anything was stored).
+    fn empty() -> Point {
+        Point {
+            frontier: i64::MIN,
+            lengths: Default::default(),
+            checkpoint: None,
+        }
+    }
+}
+
+/// `OUT/_progress.json`: the latest durable point and the one before it (a cluster that
+/// restarts may resume from the previous one when another process had not stored the latest
+/// yet, see `adflow_engine::live`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Progress {
+    #[serde(flatten)]
+    latest: Point,
+    #[serde(default)]
+    previous: Option<Point>,
+}
+
 const PROGRESS_FILE: &str = "_progress.json";
+
+fn io_err(e: std::io::Error) -> SinkError {
+    SinkError::Io {
+        sink: "file".into(),
+        source: e,
+    }
+}
 
 impl FileSink {
     /// Creates `dir` if needed and truncates every table's file.
     pub fn create(dir: &Path) -> Result<Self, SinkError> {
-        let io = |e| SinkError::Io {
-            sink: "file".into(),
-            source: e,
-        };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::create_dir_all(dir).map_err(io_err)?;
         let mut writers = HashMap::new();
         for table in Table::ALL {
-            let f = File::create(dir.join(format!("{}.jsonl", table.name()))).map_err(io)?;
+            let f = File::create(dir.join(format!("{}.jsonl", table.name()))).map_err(io_err)?;
             writers.insert(table, BufWriter::with_capacity(1 << 18, f));
         }
         Ok(FileSink {
@@ -204,6 +237,11 @@ impl FileSink {
             resumed_from: i64::MIN,
             checkpoint: None,
             resumed_checkpoint: None,
+            points: Vec::new(),
+            stored: Vec::new(),
+            last: None,
+            previous: None,
+            visible: false,
         })
     }
 
@@ -214,37 +252,65 @@ impl FileSink {
     /// those changes twice. Otherwise it starts empty like [`FileSink::create`]. Every flush
     /// updates `_progress.json` (written to a temporary file, synced, renamed).
     pub fn resume(dir: &Path) -> Result<Self, SinkError> {
-        let io = |e| SinkError::Io {
-            sink: "file".into(),
-            source: e,
-        };
+        let mut sink = FileSink::open_resumable(dir)?;
+        let latest = sink.points.first().cloned().flatten();
+        sink.resume_to(latest.as_deref())?;
+        Ok(sink)
+    }
+
+    /// Opens a resumable sink without touching its data yet: [`Sink::resume_points`] lists the
+    /// checkpoints it holds (the latest and the one before it), and [`Sink::resume_to`] cuts
+    /// the files back to one of them before anything is written. Every write is made visible
+    /// to readers at once (the buffer is written out after each batch, not synced); `flush`
+    /// makes it durable.
+    pub fn open_resumable(dir: &Path) -> Result<Self, SinkError> {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
         let path = dir.join(PROGRESS_FILE);
-        let progress = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let p: Progress = serde_json::from_slice(&bytes).map_err(|e| SinkError::Other {
-                    sink: "file".into(),
-                    message: format!("{}: {e}", path.display()),
-                })?;
-                Some(p)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io(e)),
+        let progress =
+            match std::fs::read(&path) {
+                Ok(bytes) => Some(serde_json::from_slice::<Progress>(&bytes).map_err(|e| {
+                    SinkError::Other {
+                        sink: "file".into(),
+                        message: format!("{}: {e}", path.display()),
+                    }
+                })?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_err(e)),
+            };
+        let stored: Vec<Point> = match progress {
+            None => vec![Point::empty()],
+            Some(p) => std::iter::once(p.latest).chain(p.previous).collect(),
         };
-        let Some(progress) = progress else {
-            let mut sink = FileSink::create(dir)?;
-            sink.resumable = true;
-            return Ok(sink);
-        };
+        Ok(FileSink {
+            dir: dir.to_path_buf(),
+            writers: HashMap::new(),
+            received: i64::MIN,
+            durable: i64::MIN,
+            written: 0,
+            resumable: true,
+            resumed_from: i64::MIN,
+            checkpoint: None,
+            resumed_checkpoint: None,
+            points: stored.iter().map(|p| p.checkpoint.clone()).collect(),
+            stored,
+            last: None,
+            previous: None,
+            visible: true,
+        })
+    }
+
+    /// Cuts every table file back to `point` and opens it for appending.
+    fn restore(&mut self, point: &Point) -> Result<(), SinkError> {
         let mut writers = HashMap::new();
         for table in Table::ALL {
-            let file = dir.join(format!("{}.jsonl", table.name()));
+            let file = self.dir.join(format!("{}.jsonl", table.name()));
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&file)
-                .map_err(io)?;
-            let keep = progress.lengths.get(table.name()).copied().unwrap_or(0);
-            let len = f.metadata().map_err(io)?.len();
+                .map_err(io_err)?;
+            let keep = point.lengths.get(table.name()).copied().unwrap_or(0);
+            let len = f.metadata().map_err(io_err)?.len();
             if len < keep {
                 return Err(SinkError::Other {
                     sink: "file".into(),
@@ -255,24 +321,21 @@ impl FileSink {
                 });
             }
             if len > keep {
-                tracing::info!(file = %file.display(), dropped = len - keep, "dropping changes written after the last durable point");
-                f.set_len(keep).map_err(io)?;
-                f.sync_data().map_err(io)?;
+                tracing::info!(file = %file.display(), dropped = len - keep, "dropping changes written after the resumed durable point");
+                f.set_len(keep).map_err(io_err)?;
+                f.sync_data().map_err(io_err)?;
             }
             writers.insert(table, BufWriter::with_capacity(1 << 18, f));
         }
-        tracing::info!(dir = %dir.display(), frontier = progress.frontier, "file sink resumes");
-        Ok(FileSink {
-            dir: dir.to_path_buf(),
-            writers,
-            received: progress.frontier,
-            durable: progress.frontier,
-            written: 0,
-            resumable: true,
-            resumed_from: progress.frontier,
-            checkpoint: progress.checkpoint.clone(),
-            resumed_checkpoint: progress.checkpoint,
-        })
+        self.writers = writers;
+        self.received = point.frontier;
+        self.durable = point.frontier;
+        self.resumed_from = point.frontier;
+        self.checkpoint = point.checkpoint.clone();
+        self.resumed_checkpoint = point.checkpoint.clone();
+        self.last = Some(point.clone());
+        tracing::info!(dir = %self.dir.display(), frontier = point.frontier, "file sink resumes");
+        Ok(())
     }
 
     fn write_progress(&mut self) -> std::io::Result<()> {
@@ -280,17 +343,33 @@ impl FileSink {
         for (table, w) in &self.writers {
             lengths.insert(table.name().to_string(), w.get_ref().metadata()?.len());
         }
-        let p = Progress {
+        let latest = Point {
             frontier: self.received,
             lengths,
             checkpoint: self.checkpoint.clone(),
+        };
+        // A flush that stores the same checkpoint again replaces the latest point; a new
+        // checkpoint keeps the latest as the previous one.
+        let previous = match self.last.take() {
+            Some(l) if l.checkpoint.is_some() && l.checkpoint == latest.checkpoint => {
+                self.previous.take()
+            }
+            Some(l) => Some(l),
+            None => Some(Point::empty()),
+        };
+        let p = Progress {
+            latest: latest.clone(),
+            previous: previous.clone(),
         };
         let tmp = self.dir.join(format!("{PROGRESS_FILE}.tmp"));
         let mut f = File::create(&tmp)?;
         f.write_all(&serde_json::to_vec(&p).map_err(std::io::Error::other)?)?;
         f.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(PROGRESS_FILE))?;
-        File::open(&self.dir)?.sync_all()
+        File::open(&self.dir)?.sync_all()?;
+        self.previous = previous;
+        self.last = Some(latest);
+        Ok(())
     }
 
     /// Number of changelog lines written so far.
@@ -320,6 +399,11 @@ impl Sink for FileSink {
                     source: e,
                 })?;
                 self.written += 1;
+            }
+        }
+        if self.visible && !changes.is_empty() {
+            for w in self.writers.values_mut() {
+                w.flush().map_err(io_err)?;
             }
         }
         self.received = self.received.max(frontier);
@@ -359,5 +443,64 @@ impl Sink for FileSink {
 
     fn resume_checkpoint(&self) -> Option<String> {
         self.resumed_checkpoint.clone()
+    }
+
+    fn resumable(&self) -> bool {
+        self.resumable
+    }
+
+    fn resume_points(&self) -> Vec<Option<String>> {
+        if self.writers.is_empty() {
+            self.points.clone()
+        } else {
+            vec![self.resumed_checkpoint.clone()]
+        }
+    }
+
+    /// Cuts the files back to the stored point with this checkpoint (`None`: to empty files;
+    /// also the point of a progress record written without a checkpoint).
+    fn resume_to(&mut self, checkpoint: Option<&str>) -> Result<(), SinkError> {
+        if !self.writers.is_empty() {
+            return if checkpoint == self.resumed_checkpoint.as_deref() {
+                Ok(())
+            } else {
+                Err(SinkError::Other {
+                    sink: "file".into(),
+                    message: "already resumed from another checkpoint".into(),
+                })
+            };
+        }
+        let point = match checkpoint {
+            None => self
+                .stored
+                .iter()
+                .find(|p| p.checkpoint.is_none())
+                .cloned()
+                .unwrap_or_else(Point::empty),
+            Some(c) => self
+                .stored
+                .iter()
+                .find(|p| p.checkpoint.as_deref() == Some(c))
+                .cloned()
+                .ok_or_else(|| SinkError::Other {
+                    sink: "file".into(),
+                    message: format!(
+                        "{} holds no durable point for checkpoint {c}",
+                        self.dir.display()
+                    ),
+                })?,
+        };
+        let point = if checkpoint.is_none() && point.frontier == i64::MIN {
+            Point::empty()
+        } else {
+            point
+        };
+        self.restore(&point)?;
+        if checkpoint.is_none() && point.frontier == i64::MIN {
+            self.last = None;
+        }
+        self.stored.clear();
+        self.points.clear();
+        Ok(())
     }
 }

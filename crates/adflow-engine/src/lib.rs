@@ -28,6 +28,7 @@
 pub mod driver;
 pub mod file;
 pub mod live;
+pub mod live_ctl;
 pub mod ops;
 mod profile;
 pub mod testing;
@@ -85,6 +86,6 @@ pub enum EngineError {
     Source(String),
     #[error("invalid settings: {0}")]
     Settings(String),
-    #[error("stopped: another worker failed")]
-    PeerFailed,
+    #[error("stopped: worker {0} failed: {1}")]
+    PeerFailed(u64, String),
 }

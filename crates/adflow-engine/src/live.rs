@@ -1,63 +1,90 @@
-//! Live mode: the driver for unbounded, partitioned sources (Kafka), running until it is told
-//! to stop.
+//! Live mode: the driver for unbounded, partitioned sources (Kafka), on the threads of one
+//! process or on a cluster of processes (timely's TCP cluster), running until it is told to
+//! stop.
 //!
-//! # Event time
-//! Every partition has its own watermark, the largest `ts` it delivered minus the allowed
-//! lateness. The stream's watermark is the smallest watermark of the *active* partitions; a
-//! partition is idle (not active) once it has delivered nothing for `idle_timeout` and the
-//! source reports it drained ([`LiveSource::caught_up`]); an idle partition does not hold
-//! event time back. A partition that has not delivered anything yet counts as active for its first
-//! `idle_timeout`, so a quiet start does not race ahead of data still on its way. When every
-//! partition is idle, event time follows the wall clock: it moves on from the largest
-//! partition watermark by the wall-clock time elapsed since the last message (minus the idle
-//! timeout), so timers (stalled parcels, replenishment, windows) still fire on a quiet stream.
-//! The watermark never moves backwards.
+//! # Coordination
+//! Every worker drives its own input from its own partitions (dealt by global worker index,
+//! see the source); nothing is shared in memory between workers. The global event-time
+//! frontier is timely's progress: the smallest input time over all workers. Everything else
+//! travels as [`Ctl`] messages through a small control dataflow (see [`crate::live_ctl`]).
 //!
-//! # Delivery and restarts
-//! Worker 0 flushes every sink each `commit_interval`. With the flush goes a *checkpoint*:
-//! the frontier `F` just handed to the sinks and, per partition, the read mark `g` = how many
-//! messages had been read while the input time was still below `F`. Exactly the messages
-//! below `g` with `ts` (rounded up to the tick) below `F` took effect before `F`; everything
-//! else took effect at or after `F`. After the flush every worker commits `g` of its
-//! partitions to the consumer group (for lag monitoring; a message is committed only once
-//! its effects before `F` are durable in every sink).
+//! # Event time (spec §2)
+//! A worker's input time is its watermark: the smallest `max ts − allowed lateness` over its
+//! partitions that are **not caught up**; a caught-up partition (its next offset has reached
+//! the high watermark the broker reported, [`LiveSource::caught_up`]) never holds it back. A
+//! partition that is not caught up and has not delivered anything holds the input time where
+//! it is. When all of a worker's partitions are caught up (or it has none), its input time
+//! follows the wall clock: `max(W, now − allowed lateness)`. So once every partition of the
+//! cluster is caught up, W follows the wall clock and every timer due before now fires — a
+//! replay of old topics ends with the same tables as a live run. W never moves backwards.
+//! W is at most the spec's "largest ts − lateness" while a partition is behind (a slower
+//! partition's events are then not late), and equal to the spec's wall-clock rule once all
+//! are caught up; versions differ from the spec's W only while partitions are behind, contents
+//! never (a late event is applied exactly).
 //!
-//! The dataflow's state lives in memory. A restarted job replays its partitions from the
-//! beginning (the source decides where; Kafka: the earliest retained offset) to rebuild that
-//! state, using the checkpoint a sink resumed with ([`adflow_model::Sink::resume_checkpoint`],
-//! the file sink keeps it with its data): messages below `g` are inserted as before (their
-//! dead letters are not written again) and event time is held below `F` until every partition
-//! has been read up to `g`; messages at or after `g` take effect no earlier than `F`. The
-//! sinks get only the changes at or above the frontier they resumed from
-//! ([`adflow_model::Sink::resume_frontier`]). The replayed run therefore has exactly the
-//! state the earlier one had at `F` and continues its changelog without gaps or duplicates.
-//! Topic retention must cover the state retention.
+//! # Delivery, checkpoints and restarts
+//! Output changes go to the first worker of the process where they were computed (its
+//! *leader*), which hands them to the process's sinks (`--output DIR` of each process: the
+//! union of all processes' changelogs is the table). *Funnel* sinks (ClickHouse) take the
+//! whole cluster's output on worker 0.
+//!
+//! Worker 0 issues *permits*: leaders hand their sinks only changes below the newest permit,
+//! a frontier every worker has passed. Every `commit_interval` worker 0 starts checkpoint
+//! round `k` at the current permit `F`: every worker sends its read marks for `F` (per
+//! partition, how many messages it had read while its input time was below `F`); each leader,
+//! once it has handed exactly everything below `F` and has every worker's marks, stores the
+//! checkpoint (round, `F`, all marks) with a flush of its sinks (phase 1) and reports
+//! `Prepared`; when every process is prepared, worker 0 flushes the funnel sinks with the same
+//! checkpoint (phase 2) and broadcasts `Committed`; then every worker commits its partitions'
+//! marks to the consumer group (monitoring) and worker 0 may start the next round. So at any
+//! crash, every phase-1 sink holds the committed round or the next one, and a phase-2 sink the
+//! committed round: a resumable file sink keeps its previous durable point too.
+//!
+//! The dataflow's state lives in memory. A restarted cluster first agrees where it resumes
+//! ([`crate::live_ctl::decide_resume`]: the newest round every sink can restore), cuts every
+//! sink back to it, and replays every partition from the beginning to rebuild the state:
+//! messages below the checkpoint's read marks are inserted as before (their dead letters are
+//! not written again) and a worker's input time is held below `F` until its partitions have
+//! been read up to their marks; later messages take effect at `F` or after. Sinks get only the
+//! changes at or above `F`. The replayed run therefore has exactly the state the earlier one
+//! had at `F` and continues every changelog without gaps or duplicates — also with another
+//! number of workers or processes, since the marks are per partition. Topic retention must
+//! cover the state retention.
 //!
 //! # Stopping
-//! On the `shutdown` flag (SIGINT/SIGTERM) or, with `exit_when_idle`, once every partition
-//! has been idle that long, worker 0 fixes a final watermark; every worker advances to it, the
-//! outputs up to it are released and flushed, offsets are committed, and the run returns.
+//! On the `shutdown` flag (SIGINT/SIGTERM of any process) or, with `exit_when_idle`, once
+//! every worker reports all its partitions idle that long, every worker stops reading and
+//! reports its end (largest `ts` read, rounded up to the tick, +1, or its input time if
+//! larger); all advance to the largest end — so the effects of every consumed event are
+//! released (spec §2) — and a last checkpoint round at that end is stored and committed.
 //!
-//! The partition table, the durable frontier and the stop decision are shared in memory, so a
-//! live run is one process with `workers` threads.
+//! # Failures
+//! An error on any worker is sent to every worker as [`Ctl::Abort`]: all of them stop with an
+//! error (non-zero exit). A process that dies breaks its TCP connections: timely's
+//! communication threads panic, and the binary turns any panic into an immediate exit with an
+//! error, so the other processes stop within seconds (shared fate); restart all of them.
 
 use crate::driver::{
     build_dataflow, deliver, release_until, Built, Ingest, Ingested, RunOptions, RunReport,
 };
-use crate::{to_time, EngineError, Program, Time};
-use adflow_model::{Position, RawMessage, Sink, StreamKind, Table};
+use crate::live_ctl::{decide_resume, Checkpoint, Ctl, ResumeDecision, SinkPoints};
+use crate::ops::OutputBuffer;
+use crate::{to_time, Diff, EngineError, Program, Time};
+use adflow_model::{Position, RawMessage, Sink, StreamKind};
+use differential_dataflow::input::{Input, InputSession};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
 
 /// One worker's share of a partitioned, unbounded input.
 pub trait LiveSource {
     /// The partitions this worker reads, fixed for the whole run.
     fn partitions(&self) -> Vec<(StreamKind, i32)>;
-    /// The offsets committed by an earlier run (the next offset it would have read), per
-    /// partition: messages below were fully processed then.
-    fn committed_at_start(&self) -> Vec<(StreamKind, i32, i64)>;
     /// Up to `max` messages, waiting at most `wait` for the first one. Each message's
     /// position is [`Position::Kafka`] (partition and offset are used).
     /// Each message comes with its produce timestamp (epoch ms) when the source knows it.
@@ -68,32 +95,69 @@ pub trait LiveSource {
     ) -> Result<Vec<(RawMessage, Option<i64>)>, EngineError>;
     /// Commits, per partition, the next offset to read.
     fn commit(&mut self, offsets: &[(StreamKind, i32, i64)]) -> Result<(), EngineError>;
-    /// Whether everything the partition holds (as far as the source knows) has been read.
-    /// Only a caught-up partition can be idle: one that merely cannot be read (broker
-    /// unreachable) keeps holding event time back.
-    /// Asked only for partitions that have been quiet for the idle timeout, so it may query
-    /// the broker (briefly).
+    /// Whether everything the partition holds (as far as the source knows *now*) has been
+    /// read. Only a caught-up partition stops holding event time back: one that cannot be read
+    /// (broker unreachable) must answer `false`. Asked often (every loop of the worker, for
+    /// every partition): it must answer from what the source already knows, and may ask the
+    /// broker only rarely.
     fn caught_up(&mut self, stream: StreamKind, partition: i32) -> bool;
 }
 
-/// Builds the live source of worker `index` of `peers`.
+/// Builds the live source of worker `index` of `peers` (global indexes in a cluster).
 pub type LiveSourceFactory =
     Arc<dyn Fn(usize, usize) -> Result<Box<dyn LiveSource>, EngineError> + Send + Sync>;
 
 /// Live-mode knobs (event-time settings come from [`RunOptions::settings`]).
 #[derive(Clone, Debug)]
 pub struct LiveOptions {
-    /// See the module docs (settings `kafka.idle_timeout`).
+    /// How long a caught-up partition must have been quiet to count as idle for
+    /// `exit_when_idle` (settings `kafka.idle_timeout`). Event time does not wait for it.
     pub idle_timeout: Duration,
-    /// How often sinks are flushed and offsets committed.
+    /// How often sinks are flushed with a checkpoint and offsets committed.
     pub commit_interval: Duration,
     /// Stop once every partition has been idle this long.
     pub exit_when_idle: Option<Duration>,
     /// Set (by a signal handler) to stop: in-flight work is finished, flushed and committed.
     pub shutdown: Arc<AtomicBool>,
-    /// Measure the latency from each message's produce timestamp until its effects are
-    /// handed to the sinks (benchmarks; costs a map entry per message).
+    /// Measure the latency from each message's produce timestamp until the global frontier
+    /// has passed its effects (benchmarks; costs a map entry per message).
     pub measure_latency: bool,
+}
+
+/// The cluster this process belongs to.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Number of processes (1: no networking).
+    pub processes: usize,
+    /// This process's index.
+    pub process: usize,
+    /// `host:port` of every process, in process order (unused for one process).
+    pub addresses: Vec<String>,
+    /// Whether the cluster has funnel sinks (ClickHouse), given to process 0. Must be the same
+    /// on every process (the dataflow's shape depends on it).
+    pub funnel: bool,
+}
+
+impl ClusterSpec {
+    /// One process, no funnel.
+    pub fn single() -> ClusterSpec {
+        ClusterSpec {
+            processes: 1,
+            process: 0,
+            addresses: Vec::new(),
+            funnel: false,
+        }
+    }
+}
+
+/// The sinks of this process.
+#[derive(Default)]
+pub struct LiveSinks {
+    /// Written by this process's first worker with the changes computed in this process
+    /// (phase 1 of a checkpoint round).
+    pub local: Vec<Box<dyn Sink>>,
+    /// Process 0 only: written by worker 0 with the whole cluster's changes (phase 2).
+    pub funnel: Vec<Box<dyn Sink>>,
 }
 
 /// Latency bookkeeping (see [`LiveOptions::measure_latency`]).
@@ -121,6 +185,20 @@ impl Latency {
                 self.histogram[ms] += 1;
             }
         }
+    }
+
+    fn merge(&mut self, o: &Latency) {
+        if self.histogram.is_empty() {
+            self.histogram = vec![0; LATENCY_BUCKETS];
+        }
+        for (a, b) in self.histogram.iter_mut().zip(&o.histogram) {
+            *a += b;
+        }
+        self.first = match (self.first, o.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last = self.last.max(o.last);
     }
 
     fn summary(&self) -> crate::driver::LatencySummary {
@@ -156,143 +234,84 @@ fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// What a worker knows about one of its partitions.
 #[derive(Clone, Copy, Debug)]
 struct Part {
     max_ts: Option<i64>,
     last: Instant,
-    /// Everything the partition holds has been read.
     caught_up: bool,
 }
 
-impl Part {
-    fn idle(&self, now: Instant, idle: Duration) -> bool {
-        self.caught_up && now.saturating_duration_since(self.last) >= idle
+/// A worker's local watermark (see the module docs): `None` while it cannot advance.
+fn local_watermark<'a>(
+    parts: impl Iterator<Item = &'a Part>,
+    lateness: i64,
+    now_ms: i64,
+) -> Option<i64> {
+    let mut all_caught = true;
+    let mut hold = i64::MAX;
+    let mut max_seen: Option<i64> = None;
+    for p in parts {
+        if let Some(m) = p.max_ts {
+            max_seen = Some(max_seen.map_or(m, |x| x.max(m)));
+        }
+        if !p.caught_up {
+            all_caught = false;
+            hold = hold.min(p.max_ts?.saturating_sub(lateness));
+        }
+    }
+    if all_caught {
+        let clock = now_ms.saturating_sub(lateness);
+        Some(max_seen.map_or(clock, |m| m.saturating_sub(lateness).max(clock)))
+    } else {
+        Some(hold)
     }
 }
 
-/// What the live engine stores with a sink flush (see the module docs).
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-struct Checkpoint {
-    frontier: i64,
-    /// (stream, partition, read mark).
-    read: Vec<(String, i32, i64)>,
+/// Sends `msg` to every worker (its own batch, so messages arrive in the order sent). The
+/// control input's time moves on with every message: only closing a time makes the exchange
+/// channel push its buffered data out.
+fn broadcast(ctl: &mut InputSession<Time, (u64, Ctl), Diff>, peers: usize, msg: Ctl) {
+    for t in 0..peers as u64 {
+        ctl.update((t, msg.clone()), 1);
+    }
+    let next = *ctl.time() + 1;
+    ctl.advance_to(next);
+    ctl.flush();
 }
 
-impl Checkpoint {
-    fn marks(&self) -> HashMap<(StreamKind, i32), i64> {
-        self.read
-            .iter()
-            .filter_map(|(s, p, g)| Some(((StreamKind::from_name(s)?, *p), *g)))
-            .collect()
-    }
-}
-
-/// (input time when a batch was read, read mark after it), oldest first.
-type ReadMarks = VecDeque<(Time, i64)>;
-
-/// State shared by the workers of one process.
-struct Shared {
-    /// The checkpoint this run resumes from.
-    resume: Option<Checkpoint>,
-    /// Partitions not yet read up to their resume read mark; event time stays below the
-    /// resume frontier meanwhile.
-    replaying: Mutex<std::collections::HashSet<(StreamKind, i32)>>,
-    /// Per partition: (input time when a batch was read, read mark after it), oldest first.
-    marks: Mutex<HashMap<(StreamKind, i32), ReadMarks>>,
-    /// Per partition: the read mark of the last durable checkpoint.
-    durable_marks: Mutex<HashMap<(StreamKind, i32), i64>>,
-    parts: Mutex<BTreeMap<(StreamKind, i32), Part>>,
-    /// Smallest durable frontier of the sinks (published by worker 0).
-    durable: AtomicI64,
-    /// The final watermark, once worker 0 decided to stop.
-    stop_at: Mutex<Option<Time>>,
-    /// Worker 0 has flushed everything up to the final watermark.
-    final_flushed: AtomicBool,
-    /// A worker returned an error: the others stop waiting for it.
-    failed: AtomicBool,
-    latency: Mutex<Latency>,
-    started: Instant,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Shared {
-    /// The stream watermark now (see the module docs), or `None` while it cannot advance.
-    fn watermark(&self, now: Instant, lateness: i64, idle: Duration) -> Option<i64> {
-        let parts = lock(&self.parts);
-        let mut any_active = false;
-        let mut active_without_data = false;
-        let mut min_active = i64::MAX;
-        let mut max_seen: Option<i64> = None;
-        let mut last_any = self.started;
-        for p in parts.values() {
-            last_any = last_any.max(p.last);
-            if let Some(m) = p.max_ts {
-                max_seen = Some(max_seen.map_or(m, |x| x.max(m)));
-            }
-            if !p.idle(now, idle) {
-                any_active = true;
-                match p.max_ts {
-                    Some(m) => min_active = min_active.min(m),
-                    None => active_without_data = true,
-                }
-            }
-        }
-        drop(parts);
-        let w = if any_active {
-            (!active_without_data).then(|| min_active.saturating_sub(lateness))
-        } else {
-            let quiet = now.saturating_duration_since(last_any).saturating_sub(idle);
-            max_seen.map(|m| {
-                m.saturating_sub(lateness)
-                    .saturating_add(quiet.as_millis() as i64)
-            })
-        };
-        match (&self.resume, lock(&self.replaying).is_empty()) {
-            (Some(cp), false) => w.map(|w| w.min(cp.frontier.saturating_sub(1))),
-            _ => w,
-        }
-    }
-
-    /// The checkpoint for frontier `f`: per partition, the read mark of the last batch read
-    /// at an input time below `f` (older entries are dropped).
-    fn checkpoint(&self, f: i64) -> Checkpoint {
-        let mut marks = lock(&self.marks);
-        let base = lock(&self.durable_marks).clone();
-        let mut read = Vec::new();
-        for (&(stream, partition), q) in marks.iter_mut() {
-            let mut g = base.get(&(stream, partition)).copied().unwrap_or(0);
-            while let Some(&(at, mark)) = q.front() {
-                if at as i64 >= f {
-                    break;
-                }
-                g = g.max(mark);
-                q.pop_front();
-            }
-            // Keep the mark as the base of the next checkpoint.
-            q.push_front((0, g));
-            read.push((stream.name().to_string(), partition, g));
-        }
-        for (&(stream, partition), &g) in &base {
-            if !marks.contains_key(&(stream, partition)) {
-                read.push((stream.name().to_string(), partition, g));
-            }
-        }
-        read.sort();
-        Checkpoint { frontier: f, read }
-    }
-
-    /// How long every partition has been idle (zero while one is not known to be drained).
-    fn all_idle_for(&self, now: Instant) -> Duration {
-        let parts = lock(&self.parts);
-        if parts.values().any(|p| !p.caught_up) {
-            return Duration::ZERO;
-        }
-        let last = parts.values().map(|p| p.last).max().unwrap_or(self.started);
-        now.saturating_duration_since(last)
-    }
+/// The control dataflow: an input every worker sends to, and the messages received.
+fn build_control(
+    worker: &mut timely::worker::Worker,
+) -> (
+    InputSession<Time, (u64, Ctl), Diff>,
+    Rc<RefCell<Vec<Ctl>>>,
+    usize,
+) {
+    let inbox: Rc<RefCell<Vec<Ctl>>> = Rc::new(RefCell::new(Vec::new()));
+    let id = worker.next_dataflow_index();
+    let input = {
+        let inbox = inbox.clone();
+        worker.dataflow::<Time, _, _>(move |scope| {
+            let (input, ctl) = scope.new_collection::<(u64, Ctl), Diff>();
+            ctl.inner.sink(
+                Exchange::new(|((target, _), _, _): &((u64, Ctl), Time, Diff)| *target),
+                "Control",
+                move |(input, _frontier)| {
+                    input.for_each(|_, data: &mut Vec<((u64, Ctl), Time, Diff)>| {
+                        let mut inbox = inbox.borrow_mut();
+                        for ((_, m), _, r) in data.drain(..) {
+                            if r > 0 {
+                                inbox.push(m);
+                            }
+                        }
+                    });
+                },
+            );
+            input
+        })
+    };
+    (input, inbox, id)
 }
 
 /// Runs `program` over live sources until `live.shutdown` is set or, with
@@ -300,72 +319,52 @@ impl Shared {
 pub fn run_live(
     program: Arc<dyn Program>,
     sources: LiveSourceFactory,
-    sinks: Vec<Box<dyn Sink>>,
+    sinks: LiveSinks,
     opts: RunOptions,
     live: LiveOptions,
+    cluster: ClusterSpec,
 ) -> Result<RunReport, EngineError> {
-    let resume: Option<Checkpoint> = sinks
-        .iter()
-        .filter_map(|s| s.resume_checkpoint())
-        .next()
-        .map(|text| {
-            serde_json::from_str(&text)
-                .map_err(|e| EngineError::Source(format!("unreadable sink checkpoint: {e}")))
-        })
-        .transpose()?;
-    if let Some(cp) = &resume {
-        tracing::info!(
-            frontier = cp.frontier,
-            partitions = cp.read.len(),
-            "resuming from the sinks' checkpoint"
-        );
-    }
-    let replaying = resume
-        .as_ref()
-        .map(|cp| {
-            cp.marks()
-                .into_iter()
-                .filter(|&(_, g)| g > 0)
-                .map(|(k, _)| k)
-                .collect()
-        })
-        .unwrap_or_default();
-    let durable_marks = resume.as_ref().map(Checkpoint::marks).unwrap_or_default();
+    let threads = opts.workers.max(1);
+    let config = if cluster.processes > 1 {
+        if cluster.addresses.len() < cluster.processes {
+            return Err(EngineError::Settings(format!(
+                "the hostfile names {} processes, the cluster has {}",
+                cluster.addresses.len(),
+                cluster.processes
+            )));
+        }
+        timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads,
+                process: cluster.process,
+                addresses: cluster.addresses[..cluster.processes].to_vec(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        }
+    } else {
+        timely::Config::process(threads)
+    };
     let sinks = Arc::new(Mutex::new(Some(sinks)));
-    let shared = Arc::new(Shared {
-        resume,
-        replaying: Mutex::new(replaying),
-        marks: Mutex::new(HashMap::new()),
-        durable_marks: Mutex::new(durable_marks),
-        parts: Mutex::new(BTreeMap::new()),
-        durable: AtomicI64::new(i64::MIN),
-        stop_at: Mutex::new(None),
-        final_flushed: AtomicBool::new(false),
-        failed: AtomicBool::new(false),
-        latency: Mutex::new(Latency::default()),
-        started: Instant::now(),
-    });
-    let config = timely::Config::process(opts.workers);
+    let latency = Arc::new(Mutex::new(Latency::default()));
+    let shared_latency = latency.clone();
     let guards = timely::execute(config, move |worker| {
-        let mine = if worker.index() == 0 {
+        let mine = if worker.index() % threads == 0 {
             lock(&sinks).take().unwrap_or_default()
         } else {
-            Vec::new()
+            LiveSinks::default()
         };
-        let r = live_worker(
+        live_worker(
             worker,
             program.as_ref(),
             &sources,
             mine,
             &opts,
             &live,
-            &shared,
-        );
-        if r.is_err() {
-            // Let the other workers stop too instead of waiting for this one forever.
-            shared.failed.store(true, Ordering::SeqCst);
-        }
-        r
+            &cluster,
+            &shared_latency,
+        )
     })
     .map_err(EngineError::Timely)?;
     let mut total = RunReport::default();
@@ -374,73 +373,26 @@ pub fn run_live(
         match r.map_err(EngineError::Timely) {
             Ok(Ok(r)) => total.add(&r),
             Ok(Err(e)) | Err(e) => {
-                first_err.get_or_insert(e);
+                // A worker's own error beats the "another worker failed" of the others.
+                let replace = matches!(first_err, None | Some(EngineError::PeerFailed(..)));
+                if replace {
+                    first_err = Some(e);
+                }
             }
         }
     }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(total),
+    if let Some(e) = first_err {
+        return Err(e);
     }
+    let lat = lock(&latency);
+    if lat.first.is_some() {
+        total.latency = Some(lat.summary());
+    }
+    Ok(total)
 }
 
-/// Flushes every sink with the checkpoint of the frontier last handed over; then publishes
-/// the durable frontier and read marks to the workers.
-fn flush_all(sinks: &mut [Box<dyn Sink>], shared: &Shared, handed: i64) -> Result<(), EngineError> {
-    // While replaying below the checkpoint a sink resumed from, that checkpoint stays the
-    // sinks' last one: a checkpoint for an earlier frontier would not match what they hold.
-    if shared
-        .resume
-        .as_ref()
-        .is_some_and(|cp| handed < cp.frontier)
-    {
-        for s in sinks.iter_mut() {
-            s.flush()?;
-        }
-        return Ok(());
-    }
-    let cp = shared.checkpoint(handed);
-    let text = serde_json::to_string(&cp).map_err(|e| EngineError::Source(e.to_string()))?;
-    let mut f = i64::MAX;
-    for s in sinks.iter_mut() {
-        s.set_checkpoint(&text);
-        s.flush()?;
-        f = f.min(s.durable_frontier());
-    }
-    if f >= cp.frontier {
-        let mut dm = lock(&shared.durable_marks);
-        dm.extend(cp.marks());
-    }
-    shared
-        .durable
-        .fetch_max(f.min(cp.frontier), Ordering::SeqCst);
-    Ok(())
-}
-
-/// Commits the durable read marks of this worker's partitions (those that moved).
-fn commit_durable(
-    source: &mut dyn LiveSource,
-    shared: &Shared,
-    mine: &[(StreamKind, i32)],
-    last: &mut HashMap<(StreamKind, i32), i64>,
-) -> Result<(), EngineError> {
-    let dm = lock(&shared.durable_marks).clone();
-    let mut offsets = Vec::new();
-    for key in mine {
-        if let Some(&g) = dm.get(key) {
-            if last.get(key).is_none_or(|&l| g > l) {
-                offsets.push((key.0, key.1, g));
-            }
-        }
-    }
-    if !offsets.is_empty() {
-        offsets.sort();
-        source.commit(&offsets)?;
-        for (s, p, g) in offsets {
-            last.insert((s, p), g);
-        }
-    }
-    Ok(())
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn kafka_pos(msg: &RawMessage) -> Option<(i32, i64)> {
@@ -452,140 +404,376 @@ fn kafka_pos(msg: &RawMessage) -> Option<(i32, i64)> {
     }
 }
 
+/// Where a worker is in stopping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Stopped reading, sent its end; waiting for every worker's.
+    Stopping,
+    /// Every input advances to `end`; waiting for the last checkpoint round at `end`.
+    Ending(Time),
+}
+
+#[allow(clippy::too_many_arguments)]
 fn live_worker(
     worker: &mut timely::worker::Worker,
     program: &dyn Program,
     sources: &LiveSourceFactory,
-    mut sinks: Vec<Box<dyn Sink>>,
+    sinks: LiveSinks,
     opts: &RunOptions,
     live: &LiveOptions,
-    shared: &Shared,
+    cluster: &ClusterSpec,
+    latency: &Mutex<Latency>,
 ) -> Result<RunReport, EngineError> {
+    let (mut ctl, inbox, ctl_id) = build_control(worker);
+    let peers = worker.peers();
     let index = worker.index();
-    let settings = opts.settings.clone();
-    let lateness = settings.allowed_lateness.0.max(0);
-    let mut source = sources(index, worker.peers())?;
-    let resume: Vec<HashMap<Table, i64>> = sinks
-        .iter()
-        .map(|s| {
-            Table::ALL
-                .into_iter()
-                .map(|t| (t, s.resume_frontier(t)))
-                .filter(|&(_, r)| r > i64::MIN)
-                .collect()
-        })
-        .collect();
-    // The resume checkpoint: messages below a partition's read mark took effect before its
-    // frontier in the earlier run; later ones take effect at the frontier or after.
-    let (resume_f, resume_marks) = match &shared.resume {
-        Some(cp) => (to_time(cp.frontier), cp.marks()),
-        None => (0, HashMap::new()),
-    };
-    let mine = source.partitions();
-    let mut last_commit: HashMap<(StreamKind, i32), i64> = source
-        .committed_at_start()
-        .into_iter()
-        .map(|(s, p, o)| ((s, p), o))
-        .collect();
-    {
-        let now = Instant::now();
-        let mut parts = lock(&shared.parts);
-        for sp in source.partitions() {
-            parts.insert(
-                sp,
-                Part {
-                    max_ts: None,
-                    last: now,
-                    caught_up: false,
+    let r = run_worker(
+        worker, program, sources, sinks, opts, live, cluster, latency, &mut ctl, &inbox,
+    );
+    if let Err(e) = &r {
+        if !matches!(e, EngineError::PeerFailed(..)) {
+            tracing::error!(worker = index, error = %e, "worker failed; stopping the cluster");
+            broadcast(
+                &mut ctl,
+                peers,
+                Ctl::Abort {
+                    worker: index as u64,
+                    message: e.to_string(),
                 },
             );
+            for _ in 0..100 {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+        }
+    }
+    worker.drop_dataflow(ctl_id);
+    drop(ctl);
+    r
+}
+
+/// This worker's read marks (per partition: input time of a batch, next offset after it).
+#[derive(Default)]
+struct Marks {
+    history: HashMap<(StreamKind, i32), VecDeque<(Time, i64)>>,
+    base: HashMap<(StreamKind, i32), i64>,
+}
+
+impl Marks {
+    /// Per partition, the read mark of the last batch read at an input time below `f`.
+    fn at(&mut self, mine: &[(StreamKind, i32)], f: Time) -> Vec<(String, i32, i64)> {
+        let mut out = Vec::new();
+        for &key in mine {
+            let mut g = self.base.get(&key).copied().unwrap_or(0);
+            if let Some(q) = self.history.get_mut(&key) {
+                while let Some(&(at, mark)) = q.front() {
+                    if at >= f {
+                        break;
+                    }
+                    g = g.max(mark);
+                    q.pop_front();
+                }
+            }
+            self.base.insert(key, g);
+            out.push((key.0.name().to_string(), key.1, g));
+        }
+        out
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    program: &dyn Program,
+    sources: &LiveSourceFactory,
+    sinks: LiveSinks,
+    opts: &RunOptions,
+    live: &LiveOptions,
+    cluster: &ClusterSpec,
+    latency: &Mutex<Latency>,
+    ctl: &mut InputSession<Time, (u64, Ctl), Diff>,
+    inbox: &Rc<RefCell<Vec<Ctl>>>,
+) -> Result<RunReport, EngineError> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let threads = opts.workers.max(1);
+    let process = index / threads;
+    let processes = cluster.processes.max(1);
+    let leader = index % threads == 0;
+    let settings = opts.settings.clone();
+    let lateness = settings.allowed_lateness.0.max(0);
+    let tick = settings.tick.0.max(1) as Time;
+
+    let n_local = sinks.local.len();
+    let mut sinks: Vec<Box<dyn Sink>> = sinks.local.into_iter().chain(sinks.funnel).collect();
+
+    // Start-up: agree where the cluster resumes.
+    if leader {
+        let mut report = Vec::new();
+        for (i, s) in sinks.iter().enumerate() {
+            if s.resumable() {
+                report.push(SinkPoints {
+                    name: s.name().to_string(),
+                    points: s.resume_points(),
+                    phase2: i >= n_local,
+                });
+            }
+        }
+        broadcast(
+            ctl,
+            peers,
+            Ctl::Resume {
+                process: process as u64,
+                sinks: report,
+            },
+        );
+    }
+    let mut reports: BTreeMap<u64, Vec<SinkPoints>> = BTreeMap::new();
+    let mut early: Vec<Ctl> = Vec::new();
+    while reports.len() < processes {
+        worker.step_or_park(Some(Duration::from_millis(1)));
+        for m in inbox.borrow_mut().drain(..) {
+            match m {
+                Ctl::Resume { process, sinks } => {
+                    reports.insert(process, sinks);
+                }
+                Ctl::Abort { worker, message } => {
+                    return Err(EngineError::PeerFailed(worker, message))
+                }
+                other => early.push(other),
+            }
+        }
+    }
+    let ResumeDecision { checkpoint, text } =
+        decide_resume(&reports).map_err(EngineError::Source)?;
+    if leader {
+        for s in sinks.iter_mut().filter(|s| s.resumable()) {
+            s.resume_to(text.as_deref())?;
+        }
+    }
+    let (resume_f, resume_marks, mut round) = match &checkpoint {
+        Some(cp) => (to_time(cp.frontier), cp.marks(), cp.round),
+        None => (0, HashMap::new(), 0),
+    };
+    let resume_below = checkpoint.as_ref().map_or(i64::MIN, |cp| cp.frontier);
+    if index == 0 {
+        match &checkpoint {
+            Some(cp) => tracing::info!(
+                round = cp.round,
+                frontier = cp.frontier,
+                partitions = cp.read.len(),
+                "resuming from checkpoint"
+            ),
+            None => tracing::info!("starting fresh (no checkpoint)"),
         }
     }
 
+    let mut source = sources(index, peers)?;
+    let mine = source.partitions();
+    let mut marks = Marks::default();
+    let mut replaying: std::collections::HashSet<(StreamKind, i32)> = mine
+        .iter()
+        .copied()
+        .filter(|k| resume_marks.get(k).is_some_and(|&g| g > 0))
+        .collect();
+    for &k in &mine {
+        if let Some(&g) = resume_marks.get(&k) {
+            marks.base.insert(k, g);
+        }
+    }
+    let mut parts: BTreeMap<(StreamKind, i32), Part> = BTreeMap::new();
+    let started = Instant::now();
+    for &k in &mine {
+        parts.insert(
+            k,
+            Part {
+                max_ts: None,
+                last: started,
+                caught_up: false,
+            },
+        );
+    }
+
+    let routes: Vec<u64> = if processes > 1 && cluster.funnel {
+        vec![(process * threads) as u64, 0]
+    } else {
+        vec![(process * threads) as u64]
+    };
     let Built {
         mut ev_in,
         mut dl_in,
         probe,
-        buffer,
+        buffers,
         dstats,
         dataflow_id,
         ..
-    } = build_dataflow(worker, program, &settings)?;
+    } = build_dataflow(worker, program, &settings, &routes)?;
+    // The output buffers this worker hands to its sinks, each with the sinks it feeds.
+    let groups: Vec<(Rc<RefCell<OutputBuffer>>, std::ops::Range<usize>)> = if !leader {
+        Vec::new()
+    } else if buffers.len() == 1 {
+        vec![(buffers[0].clone(), 0..sinks.len())]
+    } else if index == 0 {
+        vec![
+            (buffers[0].clone(), 0..n_local),
+            (buffers[1].clone(), n_local..sinks.len()),
+        ]
+    } else {
+        vec![(buffers[0].clone(), 0..n_local)]
+    };
+    let my_buffers: Vec<Rc<RefCell<OutputBuffer>>> = groups.iter().map(|g| g.0.clone()).collect();
+    let mut handed: Vec<i64> = vec![i64::MIN; groups.len()];
 
     let mut report = RunReport::default();
+    let mut lat = Latency::default();
     let mut history: VecDeque<Time> = VecDeque::new();
-    let mut last_flush = Instant::now();
     let mut last_log = Instant::now();
-    let mut committed_up_to = i64::MIN;
-    let mut handed = i64::MIN;
-    let mut last_drain_check = Instant::now();
-    let started = Instant::now();
+    let mut max_read: Option<i64> = None;
+    let mut phase = Phase::Running;
 
+    // Checkpoint state.
+    let mut permit: Time = 0;
+    let mut round_at: BTreeMap<u64, Time> = BTreeMap::new();
+    let mut round_marks: BTreeMap<u64, BTreeMap<u64, Vec<(String, i32, i64)>>> = BTreeMap::new();
+    let mut my_round_marks: BTreeMap<u64, Vec<(StreamKind, i32, i64)>> = BTreeMap::new();
+    let mut to_prepare: VecDeque<u64> = VecDeque::new();
+    let mut prepared: BTreeMap<u64, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    let mut texts: BTreeMap<u64, String> = BTreeMap::new();
+    let mut committed_at: Time = resume_f;
+    // Worker 0 only.
+    let mut in_flight: Option<u64> = None;
+    let mut last_round = Instant::now();
+    let mut last_permit = Instant::now();
+    let mut idle: BTreeMap<u64, Option<i64>> = BTreeMap::new();
+    let mut finals: BTreeMap<u64, Time> = BTreeMap::new();
+    let mut stop_sent = false;
+    // Idle reports.
+    let mut idle_sent: Option<Option<i64>> = None;
+    let mut last_idle_sent = Instant::now() - Duration::from_secs(1);
+
+    let mut pending_msgs = early;
     loop {
-        if shared.failed.load(Ordering::SeqCst) {
-            return Err(EngineError::PeerFailed);
-        }
-        if lock(&shared.stop_at).is_some() {
-            break;
-        }
-        let now = Instant::now();
-        if index == 0 {
-            let idle_exit = live
-                .exit_when_idle
-                .is_some_and(|d| shared.all_idle_for(now) >= d);
-            if idle_exit || live.shutdown.load(Ordering::SeqCst) {
-                let w = shared
-                    .watermark(now, lateness, live.idle_timeout)
-                    .map_or(0, to_time);
-                let stop = w.max(*ev_in.time());
-                tracing::info!(watermark = stop, idle_exit, "stopping");
-                *lock(&shared.stop_at) = Some(stop);
-                break;
+        // 1. Control messages.
+        pending_msgs.extend(inbox.borrow_mut().drain(..));
+        for m in std::mem::take(&mut pending_msgs) {
+            match m {
+                Ctl::Resume { .. } => {}
+                Ctl::Abort { worker, message } => {
+                    return Err(EngineError::PeerFailed(worker, message))
+                }
+                Ctl::Permit { upto, round: r } => {
+                    permit = permit.max(upto);
+                    if let Some(k) = r {
+                        round_at.insert(k, upto);
+                        let read = marks.at(&mine, upto);
+                        my_round_marks.insert(
+                            k,
+                            read.iter()
+                                .filter_map(|(s, p, g)| Some((StreamKind::from_name(s)?, *p, *g)))
+                                .collect(),
+                        );
+                        broadcast(
+                            ctl,
+                            peers,
+                            Ctl::Marks {
+                                round: k,
+                                worker: index as u64,
+                                read,
+                            },
+                        );
+                        if leader {
+                            to_prepare.push_back(k);
+                        }
+                    }
+                }
+                Ctl::Marks {
+                    round: k,
+                    worker,
+                    read,
+                } => {
+                    if leader {
+                        round_marks.entry(k).or_default().insert(worker, read);
+                    }
+                }
+                Ctl::Prepared { round: k, process } => {
+                    prepared.entry(k).or_default().insert(process);
+                }
+                Ctl::Committed { round: k } => {
+                    if let Some(&f) = round_at.get(&k) {
+                        committed_at = committed_at.max(f);
+                    }
+                    if let Some(offsets) = my_round_marks.remove(&k) {
+                        let offsets: Vec<_> = offsets.into_iter().filter(|o| o.2 > 0).collect();
+                        if !offsets.is_empty() {
+                            source.commit(&offsets)?;
+                        }
+                    }
+                    my_round_marks.retain(|&r, _| r > k);
+                    round_marks.retain(|&r, _| r > k);
+                    prepared.retain(|&r, _| r > k);
+                    texts.retain(|&r, _| r > k);
+                    if index == 0 && in_flight == Some(k) {
+                        in_flight = None;
+                        last_round = Instant::now();
+                    }
+                    round = round.max(k);
+                }
+                Ctl::Idle { worker, since_ms } => {
+                    idle.insert(worker, since_ms);
+                }
+                Ctl::Stop => {
+                    if phase == Phase::Running {
+                        phase = Phase::Stopping;
+                    }
+                }
+                Ctl::Final { worker, end } => {
+                    finals.insert(worker, end);
+                }
             }
-        } else if live.shutdown.load(Ordering::SeqCst) && lock(&shared.stop_at).is_none() {
-            // Worker 0 decides the final watermark; keep the dataflow moving meanwhile.
-            worker.step_or_park(Some(Duration::from_millis(1)));
-            continue;
+        }
+        if live.shutdown.load(Ordering::SeqCst) && !stop_sent {
+            stop_sent = true;
+            tracing::info!(worker = index, "stop requested");
+            broadcast(ctl, peers, Ctl::Stop);
+        }
+        if phase == Phase::Running && stop_sent {
+            phase = Phase::Stopping;
         }
 
-        let msgs = source.poll(opts.batch, Duration::from_millis(10))?;
-        if !msgs.is_empty() {
-            let cur = *ev_in.time();
-            let ingest = Ingest::new(opts, cur);
-            let mut seen: HashMap<(StreamKind, i32), (i64, i64)> = HashMap::new();
-            let mut produced: Vec<(Time, i64)> = Vec::new();
-            for (msg, produced_at) in &msgs {
-                let Some((partition, offset)) = kafka_pos(msg) else {
-                    continue;
-                };
-                let key = (msg.stream, partition);
-                let old = resume_marks.get(&key).is_some_and(|&g| offset < g);
-                let floor = if old { 0 } else { resume_f };
-                let got = ingest.ingest(msg, &mut report, &mut ev_in, &mut dl_in, !old, floor);
-                if let (true, Some(p)) = (live.measure_latency, produced_at) {
-                    let at = match got {
-                        Ingested::Event { at, .. } | Ingested::Rejected { at } => at,
+        // 2. Input.
+        let cur = *ev_in.time();
+        if phase == Phase::Running {
+            let msgs = source.poll(opts.batch, Duration::from_millis(2))?;
+            if !msgs.is_empty() {
+                let ingest = Ingest::new(opts, cur);
+                let mut seen: HashMap<(StreamKind, i32), (i64, i64)> = HashMap::new();
+                let now = Instant::now();
+                for (msg, produced_at) in &msgs {
+                    let Some((partition, offset)) = kafka_pos(msg) else {
+                        continue;
                     };
-                    produced.push((at, *p));
+                    let key = (msg.stream, partition);
+                    let old = resume_marks.get(&key).is_some_and(|&g| offset < g);
+                    let floor = if old { 0 } else { resume_f };
+                    let got = ingest.ingest(msg, &mut report, &mut ev_in, &mut dl_in, !old, floor);
+                    if let (true, Some(p)) = (live.measure_latency, produced_at) {
+                        let at = match got {
+                            Ingested::Event { at, .. } | Ingested::Rejected { at } => at,
+                        };
+                        lat.pending.entry(at).or_default().push(*p);
+                    }
+                    let e = seen.entry(key).or_insert((i64::MIN, offset + 1));
+                    e.1 = e.1.max(offset + 1);
+                    if let Ingested::Event { ts, .. } = got {
+                        e.0 = e.0.max(ts);
+                        max_read = Some(max_read.map_or(ts, |m| m.max(ts)));
+                    }
                 }
-                let e = seen.entry(key).or_insert((i64::MIN, offset + 1));
-                e.1 = e.1.max(offset + 1);
-                if let Ingested::Event { ts, .. } = got {
-                    e.0 = e.0.max(ts);
+                if live.measure_latency {
+                    lat.first.get_or_insert(now);
+                    lat.last = Some(now);
                 }
-            }
-            let now = Instant::now();
-            if live.measure_latency {
-                let mut lat = lock(&shared.latency);
-                lat.first.get_or_insert(now);
-                lat.last = Some(now);
-                for (at, p) in produced {
-                    lat.pending.entry(at).or_default().push(p);
-                }
-            }
-            {
-                let mut parts = lock(&shared.parts);
-                for (&key, &(m, _)) in &seen {
+                for (&key, &(m, next)) in &seen {
                     let p = parts.entry(key).or_insert(Part {
                         max_ts: None,
                         last: now,
@@ -595,72 +783,222 @@ fn live_worker(
                     if m > i64::MIN {
                         p.max_ts = Some(p.max_ts.map_or(m, |x| x.max(m)));
                     }
+                    marks.history.entry(key).or_default().push_back((cur, next));
+                    if replaying.contains(&key)
+                        && resume_marks.get(&key).is_some_and(|&g| next >= g)
+                    {
+                        replaying.remove(&key);
+                        tracing::info!(stream = %key.0, partition = key.1, "replay caught up");
+                    }
+                }
+                history.push_back(*ev_in.time());
+            }
+            for (&(s, p), part) in parts.iter_mut() {
+                part.caught_up = source.caught_up(s, p);
+            }
+            // The local watermark.
+            if let Some(w) = local_watermark(parts.values(), lateness, wall_ms()) {
+                let mut w = to_time(w);
+                if !replaying.is_empty() {
+                    w = w.min(resume_f.saturating_sub(1));
+                }
+                if w > *ev_in.time() {
+                    ev_in.advance_to(w);
+                    dl_in.advance_to(w);
                 }
             }
-            // Read marks, before the input time moves past `cur`.
-            let mut marks = lock(&shared.marks);
-            let mut replaying = lock(&shared.replaying);
-            for (&key, &(_, next)) in &seen {
-                marks.entry(key).or_default().push_back((cur, next));
-                if replaying.contains(&key) && resume_marks.get(&key).is_some_and(|&g| next >= g) {
-                    replaying.remove(&key);
-                    tracing::info!(stream = %key.0, partition = key.1, "replay caught up");
+            // Idleness, for exit_when_idle.
+            if live.exit_when_idle.is_some() {
+                let since = parts.values().all(|p| p.caught_up).then(|| {
+                    let last = parts.values().map(|p| p.last).max().unwrap_or(started);
+                    wall_ms() - last.elapsed().as_millis() as i64
+                });
+                let changed = idle_sent.is_none_or(|s| s.is_some() != since.is_some());
+                if changed
+                    || (since.is_some()
+                        && last_idle_sent.elapsed() >= Duration::from_millis(250)
+                        && idle_sent != Some(since))
+                {
+                    idle_sent = Some(since);
+                    last_idle_sent = Instant::now();
+                    broadcast(
+                        ctl,
+                        peers,
+                        Ctl::Idle {
+                            worker: index as u64,
+                            since_ms: since,
+                        },
+                    );
                 }
             }
         }
-        // Quiet partitions: are they drained, or just unreadable? Asked at most once a second.
-        if last_drain_check.elapsed() >= Duration::from_secs(1) {
-            last_drain_check = Instant::now();
-            let now = Instant::now();
-            let quiet: Vec<(StreamKind, i32)> = {
-                let parts = lock(&shared.parts);
-                mine.iter()
-                    .copied()
-                    .filter(|k| {
-                        parts.get(k).is_some_and(|p| {
-                            now.saturating_duration_since(p.last) >= live.idle_timeout
-                        })
-                    })
-                    .collect()
-            };
-            let drained: Vec<((StreamKind, i32), bool)> = quiet
-                .into_iter()
-                .map(|(s, p)| ((s, p), source.caught_up(s, p)))
-                .collect();
-            let mut parts = lock(&shared.parts);
-            for (k, d) in drained {
-                if let Some(p) = parts.get_mut(&k) {
-                    p.caught_up = d;
-                }
-            }
+        if phase == Phase::Stopping && !finals.contains_key(&(index as u64)) {
+            let end = max_read
+                .map(|m| to_time(m).div_ceil(tick).saturating_mul(tick) + 1)
+                .unwrap_or(0)
+                .max(*ev_in.time());
+            broadcast(
+                ctl,
+                peers,
+                Ctl::Final {
+                    worker: index as u64,
+                    end,
+                },
+            );
+            finals.insert(index as u64, end);
         }
-        if let Some(w) = shared.watermark(Instant::now(), lateness, live.idle_timeout) {
-            let w = to_time(w);
-            if w > *ev_in.time() {
-                ev_in.advance_to(w);
-                dl_in.advance_to(w);
+        if phase == Phase::Stopping && finals.len() >= peers {
+            let end = finals.values().copied().max().unwrap_or(0);
+            tracing::info!(
+                worker = index,
+                end,
+                "stopping at the end of the consumed events"
+            );
+            if end > *ev_in.time() {
+                ev_in.advance_to(end);
+                dl_in.advance_to(end);
             }
+            phase = Phase::Ending(end);
         }
         ev_in.flush();
         dl_in.flush();
-        if !msgs.is_empty() {
-            history.push_back(*ev_in.time());
-            if history.len() > 4 {
-                if let Some(t) = history.pop_front() {
-                    worker.step_while(|| probe.less_than(&t));
-                }
+        if history.len() > 4 {
+            if let Some(t) = history.pop_front() {
+                worker.step_while(|| probe.less_than(&t));
             }
         }
         worker.step_or_park(Some(Duration::ZERO));
 
-        if index == 0 {
-            deliver(&buffer, &mut sinks, &resume, &mut report, &mut handed)?;
-            if live.measure_latency && handed > 0 {
-                lock(&shared.latency).release(handed as Time, wall_ms());
+        // 3. Sinks (leaders).
+        let frontier = probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX));
+        if live.measure_latency && !lat.pending.is_empty() {
+            lat.release(frontier, wall_ms());
+        }
+        if leader {
+            let cap = permit.min(i64::MAX as Time) as i64;
+            for (g, (buffer, range)) in groups.iter().enumerate() {
+                deliver(
+                    buffer,
+                    &mut sinks[range.clone()],
+                    resume_below,
+                    cap,
+                    &mut report,
+                    &mut handed[g],
+                )?;
             }
-            if last_flush.elapsed() >= live.commit_interval {
-                last_flush = Instant::now();
-                flush_all(&mut sinks, shared, handed)?;
+            // Phase 1 of the oldest round not yet prepared here.
+            while let Some(&k) = to_prepare.front() {
+                let f = round_at[&k] as i64;
+                let local_handed = handed[0];
+                let all_marks = round_marks.get(&k).is_some_and(|m| m.len() >= peers);
+                if local_handed < f || !all_marks {
+                    break;
+                }
+                let mut read: Vec<(String, i32, i64)> =
+                    round_marks[&k].values().flatten().cloned().collect();
+                read.sort();
+                let text = Checkpoint {
+                    round: k,
+                    frontier: f,
+                    processes: processes as u64,
+                    read,
+                }
+                .to_text();
+                for s in &mut sinks[..n_local] {
+                    s.set_checkpoint(&text);
+                    s.flush()?;
+                }
+                texts.insert(k, text);
+                to_prepare.pop_front();
+                broadcast(
+                    ctl,
+                    peers,
+                    Ctl::Prepared {
+                        round: k,
+                        process: process as u64,
+                    },
+                );
+            }
+        }
+        if index == 0 {
+            // Phase 2 and the commit.
+            if let Some(k) = in_flight {
+                let f = round_at.get(&k).map_or(i64::MAX, |&f| f as i64);
+                let all = prepared.get(&k).is_some_and(|p| p.len() >= processes);
+                let funnel_handed = *handed.last().unwrap_or(&i64::MIN);
+                if all && funnel_handed >= f {
+                    if let Some(text) = texts.get(&k).cloned() {
+                        for s in &mut sinks[n_local..] {
+                            s.set_checkpoint(&text);
+                            s.flush()?;
+                        }
+                        broadcast(ctl, peers, Ctl::Committed { round: k });
+                        // Not again: `in_flight` clears when our own Committed arrives.
+                        texts.remove(&k);
+                    }
+                }
+            }
+            if in_flight.is_none() {
+                let end = match phase {
+                    Phase::Ending(end) => Some(end),
+                    _ => None,
+                };
+                if let Some(end) = end {
+                    if frontier >= end && committed_at < end {
+                        round += 1;
+                        in_flight = Some(round);
+                        broadcast(
+                            ctl,
+                            peers,
+                            Ctl::Permit {
+                                upto: end,
+                                round: Some(round),
+                            },
+                        );
+                    }
+                } else if frontier < Time::MAX {
+                    if frontier >= resume_f
+                        && frontier > committed_at
+                        && last_round.elapsed() >= live.commit_interval
+                    {
+                        round += 1;
+                        in_flight = Some(round);
+                        broadcast(
+                            ctl,
+                            peers,
+                            Ctl::Permit {
+                                upto: frontier,
+                                round: Some(round),
+                            },
+                        );
+                        last_permit = Instant::now();
+                    } else if frontier > permit && last_permit.elapsed() >= Duration::from_millis(2)
+                    {
+                        broadcast(
+                            ctl,
+                            peers,
+                            Ctl::Permit {
+                                upto: frontier,
+                                round: None,
+                            },
+                        );
+                        last_permit = Instant::now();
+                    }
+                }
+            }
+            // exit_when_idle: every worker idle long enough.
+            if let (Some(d), Phase::Running, false) = (live.exit_when_idle, phase, stop_sent) {
+                let now = wall_ms();
+                let all = idle.len() >= peers
+                    && idle
+                        .values()
+                        .all(|s| s.is_some_and(|s| now - s >= d.as_millis() as i64));
+                if all {
+                    tracing::info!("every partition idle; stopping");
+                    stop_sent = true;
+                    broadcast(ctl, peers, Ctl::Stop);
+                    phase = Phase::Stopping;
+                }
             }
             if last_log.elapsed() >= opts.progress_every {
                 last_log = Instant::now();
@@ -668,43 +1006,37 @@ fn live_worker(
                 tracing::info!(
                     messages = report.messages,
                     rate = (report.messages as f64 / secs) as u64,
-                    watermark = *ev_in.time(),
-                    durable = shared.durable.load(Ordering::SeqCst),
+                    input_time = *ev_in.time(),
+                    frontier,
+                    committed = committed_at,
                     dead_letters = report.dead_letters,
                     "progress"
                 );
             }
         }
-        let durable = shared.durable.load(Ordering::SeqCst);
-        if durable > committed_up_to {
-            commit_durable(source.as_mut(), shared, &mine, &mut last_commit)?;
-            committed_up_to = durable;
+        if let Phase::Ending(end) = phase {
+            if committed_at >= end {
+                break;
+            }
         }
     }
-
-    // Stop: advance to the final watermark, release and flush everything below it, commit.
-    let stop = lock(&shared.stop_at).unwrap_or(0);
-    release_until(worker, &mut ev_in, &mut dl_in, &probe, &buffer, stop);
+    // Let the last messages (the final Committed on other workers) go out.
     if index == 0 {
-        deliver(&buffer, &mut sinks, &resume, &mut report, &mut handed)?;
-        if live.measure_latency && handed > 0 {
-            let mut lat = lock(&shared.latency);
-            lat.release(handed as Time, wall_ms());
-            report.latency = Some(lat.summary());
-        }
-        flush_all(&mut sinks, shared, handed)?;
-        shared.final_flushed.store(true, Ordering::SeqCst);
-    } else {
-        while !shared.final_flushed.load(Ordering::SeqCst) {
-            if shared.failed.load(Ordering::SeqCst) {
-                return Err(EngineError::PeerFailed);
-            }
+        for _ in 0..10 {
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
     }
-    commit_durable(source.as_mut(), shared, &mine, &mut last_commit)?;
+    let stop = match phase {
+        Phase::Ending(end) => end,
+        _ => *ev_in.time(),
+    };
+    release_until(worker, &mut ev_in, &mut dl_in, &probe, &my_buffers, stop);
     report.duplicates = dstats.borrow().duplicates;
     report.final_watermark = Some(stop as i64);
+    if live.measure_latency {
+        lat.release(Time::MAX, wall_ms());
+        lock(latency).merge(&lat);
+    }
     worker.drop_dataflow(dataflow_id);
     drop((ev_in, dl_in));
     tracing::info!(
@@ -720,81 +1052,32 @@ fn live_worker(
 mod tests {
     use super::*;
 
-    fn shared(resume: Option<Checkpoint>) -> Shared {
-        Shared {
-            replaying: Mutex::new(
-                resume
-                    .as_ref()
-                    .map(|c| c.marks().into_keys().collect())
-                    .unwrap_or_default(),
-            ),
-            resume,
-            marks: Mutex::new(HashMap::new()),
-            durable_marks: Mutex::new(HashMap::new()),
-            parts: Mutex::new(BTreeMap::new()),
-            durable: AtomicI64::new(i64::MIN),
-            stop_at: Mutex::new(None),
-            final_flushed: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
-            latency: Mutex::new(Latency::default()),
-            started: Instant::now(),
+    fn part(max_ts: Option<i64>, caught_up: bool) -> Part {
+        Part {
+            max_ts,
+            last: Instant::now(),
+            caught_up,
         }
     }
 
-    fn set(s: &Shared, p: i32, max_ts: Option<i64>, last: Instant) {
-        lock(&s.parts).insert(
-            (StreamKind::AdEvents, p),
-            Part {
-                max_ts,
-                last,
-                caught_up: true,
-            },
-        );
-    }
-
     #[test]
-    fn watermark_is_the_smallest_active_partition_and_idles_forward() {
-        let s = shared(None);
-        let t0 = s.started;
-        let idle = Duration::from_secs(10);
-        set(&s, 0, Some(100_000), t0);
-        set(&s, 1, None, t0);
-        // A partition without data holds event time back during its first idle timeout.
-        assert_eq!(s.watermark(t0 + Duration::from_secs(1), 5_000, idle), None);
-        set(&s, 1, Some(50_000), t0 + Duration::from_secs(2));
-        assert_eq!(
-            s.watermark(t0 + Duration::from_secs(3), 5_000, idle),
-            Some(45_000)
-        );
-        // Partition 0 goes idle: it no longer holds back... partition 1 is the only active one.
-        set(&s, 0, Some(100_000), t0);
-        assert_eq!(
-            s.watermark(t0 + Duration::from_secs(11), 5_000, idle),
-            Some(45_000)
-        );
-        // Everything idle: from the largest watermark on, with the wall clock.
-        assert_eq!(
-            s.watermark(t0 + Duration::from_secs(12), 5_000, idle),
-            Some(95_000)
-        );
-        assert_eq!(
-            s.watermark(t0 + Duration::from_secs(15), 5_000, idle),
-            Some(98_000)
-        );
-        assert_eq!(
-            s.all_idle_for(t0 + Duration::from_secs(15)),
-            Duration::from_secs(13)
-        );
-        // A quiet partition not known to be drained (broker unreachable) is not idle.
-        lock(&s.parts)
-            .get_mut(&(StreamKind::AdEvents, 1))
-            .unwrap()
-            .caught_up = false;
-        assert_eq!(
-            s.watermark(t0 + Duration::from_secs(15), 5_000, idle),
-            Some(45_000)
-        );
-        assert_eq!(s.all_idle_for(t0 + Duration::from_secs(15)), Duration::ZERO);
+    fn caught_up_partitions_never_hold_the_watermark() {
+        // Two partitions behind: the smaller one holds.
+        let p = [part(Some(100_000), false), part(Some(50_000), false)];
+        assert_eq!(local_watermark(p.iter(), 5_000, 1_000_000), Some(45_000));
+        // One behind without data yet: cannot advance.
+        let p = [part(Some(100_000), false), part(None, false)];
+        assert_eq!(local_watermark(p.iter(), 5_000, 1_000_000), None);
+        // The smaller one caught up: only the one behind counts.
+        let p = [part(Some(100_000), false), part(Some(50_000), true)];
+        assert_eq!(local_watermark(p.iter(), 5_000, 1_000_000), Some(95_000));
+        // All caught up: the wall clock.
+        let p = [part(Some(100_000), true), part(None, true)];
+        assert_eq!(local_watermark(p.iter(), 5_000, 1_000_000), Some(995_000));
+        // ... unless events are ahead of it.
+        assert_eq!(local_watermark(p.iter(), 5_000, 50_000), Some(95_000));
+        // No partitions: the wall clock.
+        assert_eq!(local_watermark([].iter(), 200, 10_000), Some(9_800));
     }
 
     #[test]
@@ -812,30 +1095,19 @@ mod tests {
     }
 
     #[test]
-    fn replay_holds_event_time_below_the_checkpoint() {
-        let cp = Checkpoint {
-            frontier: 60_000,
-            read: vec![("ad_events".into(), 0, 7)],
-        };
-        let s = shared(Some(cp));
-        let t0 = s.started;
-        set(&s, 0, Some(100_000), t0);
-        let idle = Duration::from_secs(10);
-        assert_eq!(s.watermark(t0, 0, idle), Some(59_999));
-        lock(&s.replaying).clear();
-        assert_eq!(s.watermark(t0, 0, idle), Some(100_000));
-    }
-
-    #[test]
-    fn checkpoint_marks_count_messages_read_below_the_frontier() {
-        let s = shared(None);
+    fn read_marks_count_messages_read_below_the_frontier() {
+        let mut m = Marks::default();
         let key = (StreamKind::Orders, 2);
-        lock(&s.marks).insert(key, VecDeque::from(vec![(10, 5), (20, 9), (30, 12)]));
-        let cp = s.checkpoint(21);
-        assert_eq!(cp.frontier, 21);
-        assert_eq!(cp.read, vec![("orders".to_string(), 2, 9)]);
+        m.history
+            .insert(key, VecDeque::from(vec![(10, 5), (20, 9), (30, 12)]));
+        assert_eq!(m.at(&[key], 21), vec![("orders".to_string(), 2, 9)]);
         // The mark carries over; later batches count once the frontier passes them.
-        assert_eq!(s.checkpoint(25).read, vec![("orders".to_string(), 2, 9)]);
-        assert_eq!(s.checkpoint(31).read, vec![("orders".to_string(), 2, 12)]);
+        assert_eq!(m.at(&[key], 25), vec![("orders".to_string(), 2, 9)]);
+        assert_eq!(m.at(&[key], 31), vec![("orders".to_string(), 2, 12)]);
+        // A partition never read: 0, or the mark resumed from.
+        let other = (StreamKind::Logistics, 0);
+        assert_eq!(m.at(&[other], 31), vec![("logistics".to_string(), 0, 0)]);
+        m.base.insert(other, 7);
+        assert_eq!(m.at(&[other], 40), vec![("logistics".to_string(), 0, 7)]);
     }
 }

@@ -190,7 +190,8 @@ pub struct OutputBuffer {
     pub frontier: Time,
 }
 
-/// The output stage: gathers every output record on worker 0, and whenever the frontier passes a
+/// The output stage: gathers every output record on worker `target` (the sending worker's
+/// choice: worker 0, or the first worker of its own process in a cluster), and whenever the frontier passes a
 /// time, releases that time's updates — dropping those at or after the row's freeze time,
 /// projecting to the row, consolidating, and ordering by version — into `buffer`. Nothing at or
 /// beyond `limit` is ever released (file mode stops event time at the last input timestamp, so
@@ -199,12 +200,13 @@ pub fn output_stage<'s>(
     records: Col<'s, OutRec>,
     buffer: Rc<RefCell<OutputBuffer>>,
     limit: Rc<RefCell<Time>>,
+    target: u64,
 ) {
     // Updates not yet released, by time: releasing splits the map, never scans what stays.
     let mut pending: BTreeMap<Time, Vec<(OutRec, Diff)>> = BTreeMap::new();
     let mut released: Time = 0;
     records.inner.sink(
-        Exchange::new(|_: &(OutRec, Time, Diff)| 0),
+        Exchange::new(move |_: &(OutRec, Time, Diff)| target),
         "OutputStage",
         move |(input, frontier)| {
             input.for_each(|_cap, data: &mut Vec<(OutRec, Time, Diff)>| {

@@ -37,7 +37,7 @@ pub fn run_steps(
     steps: Vec<Step>,
 ) -> Result<Vec<Vec<Change>>, EngineError> {
     timely::execute_directly(move |worker| {
-        let mut b = build_dataflow(worker, program.as_ref(), &settings)?;
+        let mut b = build_dataflow(worker, program.as_ref(), &settings, &[0])?;
         let parse = ParseConfig {
             zone_offset_minutes: settings.zone_offset_minutes().unwrap_or(480),
             ..ParseConfig::default()
@@ -70,11 +70,11 @@ pub fn run_steps(
             b.dl_in.flush();
             worker.step_while(|| b.probe.less_than(&w));
             let mut spins = 0;
-            while b.buffer.borrow().frontier < w && spins < 10_000 {
+            while b.buffers[0].borrow().frontier < w && spins < 10_000 {
                 worker.step();
                 spins += 1;
             }
-            let mut changes = std::mem::take(&mut b.buffer.borrow_mut().changes);
+            let mut changes = std::mem::take(&mut b.buffers[0].borrow_mut().changes);
             changes.sort_by(|x, y| (x.version, &x.row, x.sign).cmp(&(y.version, &y.row, y.sign)));
             out.push(changes);
         }

@@ -50,29 +50,29 @@ const STATIONS: [&str; 6] = [
     "武汉转运中心",
 ];
 
-struct Campaign {
-    id: String,
-    channels: Vec<u8>,
-    ctr: f64,
-    cvr: f64,
-    cpc_fen: u64,
+pub(crate) struct Campaign {
+    pub(crate) id: String,
+    pub(crate) channels: Vec<u8>,
+    pub(crate) ctr: f64,
+    pub(crate) cvr: f64,
+    pub(crate) cpc_fen: u64,
     /// Per-impression CPM cost in fen, `None` for CPC-only campaigns.
-    cpm_fen: Option<u64>,
+    pub(crate) cpm_fen: Option<u64>,
     /// No impressions (nor clicks) from this time on.
-    stop_ts: Option<i64>,
+    pub(crate) stop_ts: Option<i64>,
 }
 
-struct User {
-    id: String,
+pub(crate) struct User {
+    pub(crate) id: String,
     /// Indexes into the device table, primary first.
-    devices: Vec<u32>,
+    pub(crate) devices: Vec<u32>,
     /// Per device: whether clicks from it carry the user id (logged-in app).
-    logged_in: Vec<bool>,
-    phone: String,
+    pub(crate) logged_in: Vec<bool>,
+    pub(crate) phone: String,
 }
 
 /// A generated event before formatting. Strings are indexes into the world's tables.
-enum Body {
+pub(crate) enum Body {
     Imp {
         camp: u32,
         chan: u8,
@@ -118,35 +118,135 @@ enum Body {
     },
 }
 
-struct Ev {
-    key: i64,
-    seq: u64,
-    ts: i64,
-    body: Body,
+pub(crate) struct Ev {
+    pub(crate) key: i64,
+    pub(crate) seq: u64,
+    pub(crate) ts: i64,
+    pub(crate) body: Body,
 }
 
-struct World {
-    rng: StdRng,
-    start: i64,
-    end: i64,
-    campaigns: Vec<Campaign>,
-    camp_cum: Vec<f64>,
-    users: Vec<User>,
-    devices: Vec<String>,
+/// The simulated world: campaigns, users, devices, waybills, and the events it has generated
+/// but not written yet. `generate` sweeps it hour by hour; `crate::live` drives the same
+/// methods incrementally.
+pub(crate) struct World {
+    pub(crate) rng: StdRng,
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+    pub(crate) campaigns: Vec<Campaign>,
+    pub(crate) camp_cum: Vec<f64>,
+    pub(crate) users: Vec<User>,
+    pub(crate) devices: Vec<String>,
     /// Devices of anonymous visitors.
-    anon: Vec<u32>,
-    waybills: Vec<String>,
-    n_orders: u32,
+    pub(crate) anon: Vec<u32>,
+    pub(crate) waybills: Vec<String>,
+    pub(crate) n_orders: u32,
     /// Events not yet written, per stream.
-    pending: [Vec<Ev>; 4],
-    seq: u64,
-    ev_ids: [u64; 4],
-    line: String,
+    pub(crate) pending: [Vec<Ev>; 4],
+    pub(crate) seq: u64,
+    pub(crate) ev_ids: [u64; 4],
+    pub(crate) line: String,
     /// `--time-scale`: event times are written at `start + (ts − start) / time_scale`.
-    time_scale: i64,
+    pub(crate) time_scale: i64,
+    /// Inserted into every `event_id` (after the type prefix) and `order_id` (after the `O`):
+    /// empty for `generate`; a per-run tag for the live generator, so that two runs against
+    /// the same topics never share an event or order id.
+    pub(crate) tag: String,
 }
 
-fn hex_id(rng: &mut StdRng, len: usize) -> String {
+/// Campaigns, users and devices of a world, drawn from the seed's generator.
+pub(crate) struct Population {
+    pub(crate) campaigns: Vec<Campaign>,
+    pub(crate) camp_cum: Vec<f64>,
+    pub(crate) users: Vec<User>,
+    pub(crate) devices: Vec<String>,
+    pub(crate) anon: Vec<u32>,
+}
+
+/// Draws `n_camp` campaigns and `n_users` users with their devices, anonymous visitors'
+/// devices and shared household devices (no campaign stops: the caller sets `stop_ts`).
+pub(crate) fn population(rng: &mut StdRng, n_users: u32, n_camp: u32) -> Population {
+    let mut campaigns = Vec::new();
+    let mut camp_cum = Vec::new();
+    let mut cum = 0.0;
+    for i in 0..n_camp {
+        let ch = rng.gen_range(0..4u8);
+        let mut channels = vec![ch];
+        if rng.gen_bool(0.25) {
+            channels.push((ch + 1 + rng.gen_range(0..3u8)) % 4);
+        }
+        let weight = rng.gen_range(0.3..2.0) * if i == 0 { 2.5 } else { 1.0 };
+        cum += weight;
+        camp_cum.push(cum);
+        campaigns.push(Campaign {
+            id: format!("cmp-{}-{:03}", CHANNEL_SHORT[ch as usize], i + 1),
+            channels,
+            ctr: rng.gen_range(0.01..0.06),
+            cvr: rng.gen_range(0.05..0.18),
+            cpc_fen: rng.gen_range(20..500),
+            cpm_fen: if rng.gen_bool(0.6) {
+                Some(rng.gen_range(1..9))
+            } else {
+                None
+            },
+            stop_ts: None,
+        });
+    }
+
+    // Users and devices.
+    let mut devices = Vec::new();
+    let mut users = Vec::new();
+    for u in 0..n_users {
+        let nd = match rng.gen_range(0..100) {
+            0..=54 => 1,
+            55..=84 => 2,
+            _ => 3,
+        };
+        let mut ds = Vec::new();
+        let mut logged = Vec::new();
+        for k in 0..nd {
+            devices.push(if rng.gen_bool(0.4) {
+                hex_id(rng, 32).to_uppercase()
+            } else {
+                hex_id(rng, 16)
+            });
+            ds.push((devices.len() - 1) as u32);
+            logged.push(rng.gen_bool(if k == 0 { 0.7 } else { 0.3 }));
+        }
+        let prefix = ["138", "139", "186", "135", "150", "177", "199"][rng.gen_range(0..7)];
+        users.push(User {
+            id: format!("u{:07}", u * 7 + rng.gen_range(0..7)),
+            devices: ds,
+            logged_in: logged,
+            phone: format!("{prefix}{:08}", rng.gen_range(0..100_000_000u64)),
+        });
+    }
+    let n_anon = (n_users / 3).max(20);
+    let mut anon = Vec::new();
+    for _ in 0..n_anon {
+        devices.push(hex_id(rng, 16));
+        anon.push((devices.len() - 1) as u32);
+    }
+    // Households: a shared tablet appears among another user's devices too.
+    for u in 0..users.len() {
+        if rng.gen_bool(0.02) {
+            let other = rng.gen_range(0..users.len());
+            if other != u {
+                let d = users[u].devices[0];
+                users[other].devices.push(d);
+                users[other].logged_in.push(false);
+            }
+        }
+    }
+    Population {
+        campaigns,
+        camp_cum,
+        users,
+        devices,
+        anon,
+    }
+}
+
+pub(crate) fn hex_id(rng: &mut StdRng, len: usize) -> String {
     const H: &[u8; 16] = b"0123456789abcdef";
     (0..len).map(|_| H[rng.gen_range(0..16)] as char).collect()
 }
@@ -156,7 +256,7 @@ fn local_hour(ts: i64) -> usize {
 }
 
 impl World {
-    fn push(&mut self, stream: StreamKind, ts: i64, body: Body) {
+    pub(crate) fn push(&mut self, stream: StreamKind, ts: i64, body: Body) {
         if ts < self.start || ts >= self.end {
             return;
         }
@@ -175,7 +275,52 @@ impl World {
         });
     }
 
-    fn pick_campaign(&mut self) -> u32 {
+    /// The identity links of `user`, at random times in `[start, start + span)` (device links
+    /// up to a day later): device/user or device/phone for some devices, user/phone for some
+    /// users, and a rare link to a junk device id.
+    pub(crate) fn user_links(&mut self, u: u32, start: i64, span: i64) {
+        let nd = self.users[u as usize].devices.len();
+        for k in 0..nd {
+            let p = if k == 0 { 0.3 } else { 0.7 };
+            if self.rng.gen_bool(p) {
+                let ts = start + self.rng.gen_range(0..span + DAY);
+                let d = self.users[u as usize].devices[k];
+                let by_phone = self.rng.gen_bool(0.3);
+                let body = Body::Link {
+                    dev: Some(d),
+                    user: (!by_phone).then_some(u),
+                    phone_of: by_phone.then_some(u),
+                };
+                self.push(StreamKind::Identity, ts, body);
+            }
+        }
+        if self.rng.gen_bool(0.4) {
+            let ts = start + self.rng.gen_range(0..span);
+            self.push(
+                StreamKind::Identity,
+                ts,
+                Body::Link {
+                    dev: None,
+                    user: Some(u),
+                    phone_of: Some(u),
+                },
+            );
+        }
+        if self.rng.gen_bool(0.01) {
+            let ts = start + self.rng.gen_range(0..span);
+            self.push(
+                StreamKind::Identity,
+                ts,
+                Body::Link {
+                    dev: Some(u32::MAX),
+                    user: Some(u),
+                    phone_of: None,
+                },
+            );
+        }
+    }
+
+    pub(crate) fn pick_campaign(&mut self) -> u32 {
         let total = self.camp_cum.last().copied().unwrap_or(1.0);
         let x = self.rng.gen::<f64>() * total;
         let i = self.camp_cum.partition_point(|&c| c <= x);
@@ -189,7 +334,7 @@ impl World {
     }
 
     /// A browsing session of `user` (or an anonymous visitor when `None`) starting at `t`.
-    fn session(&mut self, user: Option<u32>, t0: i64) {
+    pub(crate) fn session(&mut self, user: Option<u32>, t0: i64) {
         let (dev, logged_in) = match user {
             Some(u) => {
                 let us = &self.users[u as usize];
@@ -316,7 +461,7 @@ impl World {
 
     /// An order of `user` at `t` and everything that follows from it: amendments, status
     /// events, shipment and the parcel's tracks.
-    fn order(&mut self, user: u32, t: i64) {
+    pub(crate) fn order(&mut self, user: u32, t: i64) {
         if t >= self.end {
             return;
         }
@@ -589,15 +734,22 @@ impl World {
     }
 
     fn format(&mut self, stream: StreamKind, ev: &Ev) {
-        let id_no = self.ev_ids[stream.index()];
-        self.ev_ids[stream.index()] += 1;
         let form = TsForm::pick(&mut self.rng, stream);
         let ts = self.start + (ev.ts - self.start) / self.time_scale;
+        self.write_line(stream, ts, form, &ev.body);
+    }
+
+    /// Writes the JSON line of `body` into `self.line`, with `ts` in the given form and the
+    /// stream's next `event_id`.
+    pub(crate) fn write_line(&mut self, stream: StreamKind, ts: i64, form: TsForm, body: &Body) {
+        let id_no = self.ev_ids[stream.index()];
+        self.ev_ids[stream.index()] += 1;
         let money_style = self.rng.gen_range(0..4);
         let rng = &mut self.rng;
         let line = &mut self.line;
+        let tag = self.tag.as_str();
         line.clear();
-        match &ev.body {
+        match body {
             Body::Imp {
                 camp,
                 chan,
@@ -606,7 +758,7 @@ impl World {
             } => {
                 let _ = write!(
                     line,
-                    r#"{{"type":"impression","event_id":"imp-{id_no:08}","#
+                    r#"{{"type":"impression","event_id":"imp-{tag}{id_no:08}","#
                 );
                 push_ts(line, ts, form);
                 let _ = write!(
@@ -628,7 +780,10 @@ impl World {
                 cost,
                 user,
             } => {
-                let _ = write!(line, r#"{{"type":"click","event_id":"clk-{id_no:08}","#);
+                let _ = write!(
+                    line,
+                    r#"{{"type":"click","event_id":"clk-{tag}{id_no:08}","#
+                );
                 push_ts(line, ts, form);
                 let _ = write!(
                     line,
@@ -656,11 +811,14 @@ impl World {
                 phone_mode,
                 addr,
             } => {
-                let _ = write!(line, r#"{{"type":"order","event_id":"ord-ev-{id_no:08}","#);
+                let _ = write!(
+                    line,
+                    r#"{{"type":"order","event_id":"ord-ev-{tag}{id_no:08}","#
+                );
                 push_ts(line, ts, form);
                 let _ = write!(
                     line,
-                    r#","order_id":"O{:010}","user_id":"{}","amount":"#,
+                    r#","order_id":"O{tag}{:010}","user_id":"{}","amount":"#,
                     order, self.users[*user as usize].id
                 );
                 push_money(line, *amount, money_style);
@@ -706,10 +864,13 @@ impl World {
             Body::Status { order, status } => {
                 let _ = write!(
                     line,
-                    r#"{{"type":"order_status","event_id":"st-ev-{id_no:08}","#
+                    r#"{{"type":"order_status","event_id":"st-ev-{tag}{id_no:08}","#
                 );
                 push_ts(line, ts, form);
-                let _ = write!(line, r#","order_id":"O{order:010}","status":"{status}""#);
+                let _ = write!(
+                    line,
+                    r#","order_id":"O{tag}{order:010}","status":"{status}""#
+                );
             }
             Body::Ship {
                 order,
@@ -718,7 +879,7 @@ impl World {
             } => {
                 let _ = write!(
                     line,
-                    r#"{{"type":"shipment","event_id":"sh-ev-{id_no:08}","#
+                    r#"{{"type":"shipment","event_id":"sh-ev-{tag}{id_no:08}","#
                 );
                 push_ts(line, ts, form);
                 let sc = SHIPPERS[*shipper as usize];
@@ -730,7 +891,7 @@ impl World {
                 let w = messy_waybill(rng, &self.waybills[*waybill as usize], 0.35);
                 let _ = write!(
                     line,
-                    r#","order_id":"O{order:010}","shipper_code":"{sc}","logistic_code":"{w}""#
+                    r#","order_id":"O{tag}{order:010}","shipper_code":"{sc}","logistic_code":"{w}""#
                 );
             }
             Body::Track {
@@ -739,7 +900,10 @@ impl World {
                 state,
                 state_ex,
             } => {
-                let _ = write!(line, r#"{{"type":"track","event_id":"trk-{id_no:09}","#);
+                let _ = write!(
+                    line,
+                    r#"{{"type":"track","event_id":"trk-{tag}{id_no:09}","#
+                );
                 push_ts(line, ts, form);
                 let w = messy_waybill(rng, &self.waybills[*waybill as usize], 0.05);
                 let _ = write!(
@@ -772,7 +936,7 @@ impl World {
                 user,
                 phone_of,
             } => {
-                let _ = write!(line, r#"{{"type":"link","event_id":"lnk-{id_no:08}","#);
+                let _ = write!(line, r#"{{"type":"link","event_id":"lnk-{tag}{id_no:08}","#);
                 push_ts(line, ts, form);
                 if let Some(d) = dev {
                     if *d == u32::MAX {
@@ -853,38 +1017,19 @@ pub fn generate(args: &GenerateArgs) -> Result<GenReport, GenError> {
     let start = args.start_ms - args.start_ms.rem_euclid(HOUR);
     let end = start + args.days as i64 * DAY;
 
-    // Campaigns.
+    // Campaigns, users and devices.
     let n_camp = if args.campaigns > 0 {
         args.campaigns
     } else {
         (20 + args.users / 100).min(50)
     };
-    let mut campaigns = Vec::new();
-    let mut camp_cum = Vec::new();
-    let mut cum = 0.0;
-    for i in 0..n_camp {
-        let ch = rng.gen_range(0..4u8);
-        let mut channels = vec![ch];
-        if rng.gen_bool(0.25) {
-            channels.push((ch + 1 + rng.gen_range(0..3u8)) % 4);
-        }
-        let weight = rng.gen_range(0.3..2.0) * if i == 0 { 2.5 } else { 1.0 };
-        cum += weight;
-        camp_cum.push(cum);
-        campaigns.push(Campaign {
-            id: format!("cmp-{}-{:03}", CHANNEL_SHORT[ch as usize], i + 1),
-            channels,
-            ctr: rng.gen_range(0.01..0.06),
-            cvr: rng.gen_range(0.05..0.18),
-            cpc_fen: rng.gen_range(20..500),
-            cpm_fen: if rng.gen_bool(0.6) {
-                Some(rng.gen_range(1..9))
-            } else {
-                None
-            },
-            stop_ts: None,
-        });
-    }
+    let Population {
+        mut campaigns,
+        camp_cum,
+        users,
+        devices,
+        anon,
+    } = population(&mut rng, args.users, n_camp);
     // Campaign 0 (the busiest) runs out of budget at 15:00 local on ~60 % of the period.
     let stop_day = (args.days as i64 * 6) / 10;
     // Local midnight (+08:00) at or before the start.
@@ -893,52 +1038,6 @@ pub fn generate(args: &GenerateArgs) -> Result<GenReport, GenError> {
     let stop_ts = stop_ts - stop_ts.rem_euclid(5 * MINUTE);
     if stop_ts > start + HOUR && stop_ts + 5 * MINUTE <= end {
         campaigns[0].stop_ts = Some(stop_ts);
-    }
-
-    // Users and devices.
-    let mut devices = Vec::new();
-    let mut users = Vec::new();
-    for u in 0..args.users {
-        let nd = match rng.gen_range(0..100) {
-            0..=54 => 1,
-            55..=84 => 2,
-            _ => 3,
-        };
-        let mut ds = Vec::new();
-        let mut logged = Vec::new();
-        for k in 0..nd {
-            devices.push(if rng.gen_bool(0.4) {
-                hex_id(&mut rng, 32).to_uppercase()
-            } else {
-                hex_id(&mut rng, 16)
-            });
-            ds.push((devices.len() - 1) as u32);
-            logged.push(rng.gen_bool(if k == 0 { 0.7 } else { 0.3 }));
-        }
-        let prefix = ["138", "139", "186", "135", "150", "177", "199"][rng.gen_range(0..7)];
-        users.push(User {
-            id: format!("u{:07}", u * 7 + rng.gen_range(0..7)),
-            devices: ds,
-            logged_in: logged,
-            phone: format!("{prefix}{:08}", rng.gen_range(0..100_000_000u64)),
-        });
-    }
-    let n_anon = (args.users / 3).max(20);
-    let mut anon = Vec::new();
-    for _ in 0..n_anon {
-        devices.push(hex_id(&mut rng, 16));
-        anon.push((devices.len() - 1) as u32);
-    }
-    // Households: a shared tablet appears among another user's devices too.
-    for u in 0..users.len() {
-        if rng.gen_bool(0.02) {
-            let other = rng.gen_range(0..users.len());
-            if other != u {
-                let d = users[u].devices[0];
-                users[other].devices.push(d);
-                users[other].logged_in.push(false);
-            }
-        }
     }
 
     let stream_seed = |s: u64| {
@@ -973,50 +1072,13 @@ pub fn generate(args: &GenerateArgs) -> Result<GenReport, GenError> {
         ev_ids: [0; 4],
         line: String::with_capacity(512),
         time_scale: args.time_scale.max(1) as i64,
+        tag: String::new(),
     };
 
     // Identity links, at random times (some after the clicks and orders they connect).
     let span = end - start;
     for u in 0..w.users.len() as u32 {
-        let nd = w.users[u as usize].devices.len();
-        for k in 0..nd {
-            let p = if k == 0 { 0.3 } else { 0.7 };
-            if w.rng.gen_bool(p) {
-                let ts = start + w.rng.gen_range(0..span + DAY);
-                let d = w.users[u as usize].devices[k];
-                let by_phone = w.rng.gen_bool(0.3);
-                let body = Body::Link {
-                    dev: Some(d),
-                    user: (!by_phone).then_some(u),
-                    phone_of: by_phone.then_some(u),
-                };
-                w.push(StreamKind::Identity, ts, body);
-            }
-        }
-        if w.rng.gen_bool(0.4) {
-            let ts = start + w.rng.gen_range(0..span);
-            w.push(
-                StreamKind::Identity,
-                ts,
-                Body::Link {
-                    dev: None,
-                    user: Some(u),
-                    phone_of: Some(u),
-                },
-            );
-        }
-        if w.rng.gen_bool(0.01) {
-            let ts = start + w.rng.gen_range(0..span);
-            w.push(
-                StreamKind::Identity,
-                ts,
-                Body::Link {
-                    dev: Some(u32::MAX),
-                    user: Some(u),
-                    phone_of: None,
-                },
-            );
-        }
+        w.user_links(u, start, span);
     }
 
     // CPC spikes (factor 2.0–2.4) and near misses (1.25), in busy daytime hours.

@@ -29,8 +29,13 @@
 //!
 //! Every line of a file is in event-time order up to a local disorder of at most 3 seconds.
 //! The same arguments always give byte-identical files.
+//!
+//! [`LiveGen`] (module `live`) runs the same world endlessly for `adflow produce --live`: one
+//! event per call, stamped with the caller's wall clock, delays compressed (one simulated day
+//! per second by default), plus the `ad_reports` stream.
 
 mod gen;
+mod live;
 mod write;
 
 use adflow_model::StreamKind;
@@ -39,6 +44,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use gen::generate;
+pub use live::{
+    LiveConfig, LiveEvent, LiveGen, LiveStream, DEFAULT_LIVE_USERS, DEFAULT_REPORT_INTERVAL_MS,
+    DEFAULT_SIM_DAY_MS,
+};
 
 /// 2024-06-03 00:00:00 +08:00 (a Monday), the default start of the generated period.
 pub const DEFAULT_START_MS: i64 = 1_717_344_000_000;

@@ -80,6 +80,11 @@ fn parts(t: i64, offset_min: i64) -> (i64, u32, u32, i64, i64, i64, i64) {
 /// Appends `"ts":<value>` in the given form.
 pub(crate) fn push_ts(buf: &mut String, ts: i64, form: TsForm) {
     buf.push_str("\"ts\":");
+    push_time(buf, ts, form);
+}
+
+/// Appends a timestamp value (epoch ms number or quoted text) in the given form.
+pub(crate) fn push_time(buf: &mut String, ts: i64, form: TsForm) {
     let (off, sep, tsep, ms, suffix) = match form {
         TsForm::EpochMs => {
             let _ = write!(buf, "{ts}");

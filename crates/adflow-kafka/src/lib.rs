@@ -4,6 +4,8 @@
 //!   [`adflow_model::RawMessage`]s in bounded batches, with per-partition idle information and
 //!   synchronous manual commits of exactly the offsets the engine hands it.
 //! - [`produce()`] / [`ProduceArgs`]: `adflow produce`, publishes a file-mode data set.
+//! - [`produce_live()`] / [`LiveProduceArgs`]: `adflow produce --live`, a load generator
+//!   publishing `adflow_gen::LiveGen`'s events (all five streams) at a fixed rate.
 //! - [`DeadLetterProducer`]: publishes rejected messages to `<prefix>dead_letters`.
 //! - [`ensure_topics`]: creates the topics when missing.
 //! - [`KafkaTrackPublisher`]: the Kdniao connector's track publisher (`<prefix>logistics`,
@@ -16,6 +18,7 @@ mod admin;
 mod config;
 mod dead_letter;
 mod error;
+mod live_produce;
 mod produce;
 mod source;
 mod track;
@@ -24,6 +27,9 @@ pub use admin::{all_topics, ensure_named_topics, ensure_topics, TopicState};
 pub use config::{KafkaConfig, DEAD_LETTERS_TOPIC, MANAGED_PROPERTIES};
 pub use dead_letter::{DeadLetter, DeadLetterProducer, RAW_LIMIT};
 pub use error::KafkaError;
+pub use live_produce::{
+    live_topic, produce_live, LiveProduceArgs, LiveProduceReport, LiveStreamReport,
+};
 pub use produce::{message_key, now_ms, produce, ProduceArgs, ProduceReport, StreamReport};
 pub use source::{
     CommitOutcome, KafkaSource, PartitionStatus, RebalanceEvent, SourceRecord, StartAt,

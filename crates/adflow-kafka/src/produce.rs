@@ -87,12 +87,13 @@ impl fmt::Display for ProduceReport {
     }
 }
 
-/// Counts delivery reports per stream (delivery opaque: the stream index).
+/// Counts delivery reports per stream (delivery opaque: the stream index; five slots, so the
+/// live producer's `ad_reports` fits too).
 #[derive(Default)]
-struct CountingContext {
-    delivered: [AtomicU64; 4],
-    failed: AtomicU64,
-    first_error: Mutex<Option<String>>,
+pub(crate) struct CountingContext {
+    pub(crate) delivered: [AtomicU64; 5],
+    pub(crate) failed: AtomicU64,
+    pub(crate) first_error: Mutex<Option<String>>,
 }
 
 impl ClientContext for CountingContext {}

@@ -132,7 +132,23 @@ pub struct CommitOutcome {
 pub(crate) struct SourceContext {
     topic_prefix: String,
     events: Mutex<Vec<RebalanceEvent>>,
+    /// The last statistics librdkafka reported (see [`KafkaSource::caught_up_cached`]).
+    stats: Mutex<FetchStats>,
 }
+
+/// What the last statistics report said about the fetch state.
+#[derive(Default)]
+struct FetchStats {
+    /// When the report came.
+    at: Option<Instant>,
+    /// (topic, partition) → high watermark from the last fetch response, for partitions whose
+    /// leader broker was up.
+    high: std::collections::HashMap<(String, i32), i64>,
+}
+
+/// `statistics.interval.ms` of the consumers: how often librdkafka reports each partition's
+/// high watermark (taken from its fetch responses) and each broker's state.
+pub const STATS_INTERVAL_MS: &str = "100";
 
 impl SourceContext {
     fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<(StreamKind, i32)> {
@@ -172,7 +188,30 @@ impl SourceContext {
     }
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let up: BTreeSet<i32> = statistics
+            .brokers
+            .values()
+            .filter(|b| b.state == "UP")
+            .map(|b| b.nodeid)
+            .collect();
+        let mut high = std::collections::HashMap::new();
+        for (name, topic) in &statistics.topics {
+            for (&partition, p) in &topic.partitions {
+                if partition >= 0 && p.hi_offset >= 0 && up.contains(&p.leader) {
+                    high.insert((name.clone(), partition), p.hi_offset);
+                }
+            }
+        }
+        let mut st = match self.stats.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        st.at = Some(Instant::now());
+        st.high = high;
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -421,6 +460,11 @@ impl KafkaSource {
         std::mem::take(&mut self.events)
     }
 
+    /// The next offset to read of an assigned partition, once a message of it was returned.
+    pub fn next_offset(&self, stream: StreamKind, partition: i32) -> Option<i64> {
+        self.partitions.get(&(stream, partition))?.next_offset
+    }
+
     /// The partitions currently assigned to this source, sorted. Empty before the first poll
     /// and while the group rebalances.
     pub fn assignment(&self) -> Vec<(StreamKind, i32)> {
@@ -492,6 +536,29 @@ impl KafkaSource {
     /// has reached the partition's high watermark, asked from the broker (`ListOffsets`,
     /// waiting at most `timeout`). `false` when the broker cannot be asked (down, unreachable)
     /// — a partition that cannot be read is not known to be drained.
+    /// Whether the partition is caught up according to librdkafka's last statistics report
+    /// (no network round trip): the report is at most `max_age` old, the partition's leader
+    /// broker was up, and the next offset to read has reached the high watermark of the last
+    /// fetch response. `None` when no usable report says anything about the partition
+    /// (starting up, broker down, report too old): the caller then does not know.
+    pub fn caught_up_cached(
+        &self,
+        stream: StreamKind,
+        partition: i32,
+        max_age: Duration,
+    ) -> Option<bool> {
+        let status = self.partitions.get(&(stream, partition))?;
+        let st = match self.consumer.context().stats.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if st.at?.elapsed() > max_age {
+            return None;
+        }
+        let high = *st.high.get(&(self.config.topic(stream), partition))?;
+        Some(status.next_offset.unwrap_or(0) >= high)
+    }
+
     pub fn caught_up(&mut self, stream: StreamKind, partition: i32, timeout: Duration) -> bool {
         let Some(status) = self.partitions.get(&(stream, partition)) else {
             return false;
@@ -564,9 +631,13 @@ fn create_consumer(
     if !config.properties.contains_key("client.id") {
         cc.set("client.id", format!("adflow-{}-{worker}", config.group_id));
     }
+    if !config.properties.contains_key("statistics.interval.ms") {
+        cc.set("statistics.interval.ms", STATS_INTERVAL_MS);
+    }
     let context = SourceContext {
         topic_prefix: config.topic_prefix.clone(),
         events: Mutex::new(Vec::new()),
+        stats: Mutex::new(FetchStats::default()),
     };
     cc.create_with_context(context).map_err(KafkaError::Client)
 }

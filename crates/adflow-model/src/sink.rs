@@ -53,4 +53,30 @@ pub trait Sink: Send {
     fn resume_checkpoint(&self) -> Option<String> {
         None
     }
+    /// Whether this sink keeps its data across runs and resumes it (live mode): its state then
+    /// constrains where a restarted cluster resumes. Default: no.
+    fn resumable(&self) -> bool {
+        false
+    }
+    /// The checkpoints this sink can be restored to, newest first; `None` stands for the empty
+    /// state (nothing stored). Default: only the one it resumed from.
+    fn resume_points(&self) -> Vec<Option<String>> {
+        vec![self.resume_checkpoint()]
+    }
+    /// Restores the stored data to the given checkpoint (one of [`Sink::resume_points`];
+    /// `None`: the empty state). Afterwards [`Sink::resume_checkpoint`] is that checkpoint.
+    /// Default: accepts only the checkpoint it resumed from.
+    fn resume_to(&mut self, checkpoint: Option<&str>) -> Result<(), SinkError> {
+        if checkpoint == self.resume_checkpoint().as_deref() {
+            Ok(())
+        } else {
+            Err(SinkError::Other {
+                sink: self.name().to_string(),
+                message: format!(
+                    "cannot restore an earlier checkpoint than the one it resumed from ({:?})",
+                    self.resume_checkpoint()
+                ),
+            })
+        }
+    }
 }

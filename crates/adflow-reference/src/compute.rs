@@ -177,6 +177,18 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RefError + '_ {
     }
 }
 
+/// Where event time ends (spec §2): the largest `ts` of the input (`max_ts`), or
+/// `max(largest ts, end)` with an end watermark (a caught-up live run whose W followed the wall
+/// clock). `i64::MIN` — no timer fires — without either.
+fn final_watermark(max_ts: Option<i64>, end: Option<i64>) -> i64 {
+    match (max_ts, end) {
+        (Some(m), Some(e)) => m.max(e),
+        (Some(m), None) => m,
+        (None, Some(e)) => e,
+        (None, None) => i64::MIN,
+    }
+}
+
 /// Computes the final contents of every output table from `input_dir/<stream>.jsonl`
 /// (a missing file is an empty stream). See the crate docs for the semantics.
 pub fn compute(input_dir: &Path, cfg: &RefConfig) -> Result<Tables, RefError> {
@@ -196,7 +208,8 @@ pub fn compute(input_dir: &Path, cfg: &RefConfig) -> Result<Tables, RefError> {
     };
 
     let mut seen: HashSet<(StreamKind, String)> = HashSet::new();
-    let mut w_final = i64::MIN;
+    // The largest `ts` of the valid events; the final watermark is derived from it below.
+    let mut max_ts: Option<i64> = None;
     let mut ident = Identity::default();
     let mut clicks: Vec<Click> = Vec::new();
     let mut orders: BTreeMap<String, OrderDef> = BTreeMap::new();
@@ -238,7 +251,7 @@ pub fn compute(input_dir: &Path, cfg: &RefConfig) -> Result<Tables, RefError> {
                 continue;
             }
             let event_id = ev.event_id.to_string();
-            w_final = w_final.max(ev.ts);
+            max_ts = Some(max_ts.map_or(ev.ts, |m| m.max(ev.ts)));
             let ts = ev.ts;
             match ev.body {
                 Body::Impression {
@@ -375,6 +388,8 @@ pub fn compute(input_dir: &Path, cfg: &RefConfig) -> Result<Tables, RefError> {
     for t in tracks.values_mut() {
         t.sort_by(|a, b| (a.ts, &a.event_id).cmp(&(b.ts, &b.event_id)));
     }
+    // The end of event time: the only watermark every timer below is compared with.
+    let w_final = final_watermark(max_ts, cfg.end_watermark_ms);
 
     // Persons: the smallest user id of each component.
     let user_keys: Vec<String> = ident

@@ -15,8 +15,19 @@
 //!   content; the first occurrence in file order is kept (the generator only writes exact
 //!   copies shortly after the original, well within the 1-hour dedup horizon).
 //! * **Watermark.** `W_final` = the largest `ts` of all valid events (file mode: W ends at the
-//!   largest ts, not at infinity). Timer-driven rows (an open stall after the last track,
-//!   replenishment, `no_impressions`) appear only if their time is ≤ `W_final`.
+//!   largest ts, not at infinity), or, with [`RefConfig::end_watermark_ms`] = `Some(w)`,
+//!   `max(largest ts, w)`: a live run that has caught up and gone idle ends with W following
+//!   the wall clock (`now − allowed lateness`), so every timer due before then has fired.
+//!   `W_final` is the only thing the watermark decides; it gates exactly the timer-driven rows:
+//!   an open stall after the last track (`opened_ts ≤ W_final`, and through it
+//!   `suppressed_persons` and the suppression of triggers), replenishment (`due_ts ≤
+//!   W_final`) and `no_impressions` (window end `≤ W_final`). Nothing else depends on it: the
+//!   tables are defined by event time, so a far-future `W_final` fires timers and changes
+//!   nothing else (the engine's state retention — expiring state and freezing rows — is an
+//!   implementation bound the reference does not model; see `end_watermark_ms`). Without
+//!   valid events and without an end watermark, no timer fires. (`spend_mismatch`, also a
+//!   W-gated row in spec §4, is not computed: `ad_reports` is not parsed by `adflow_model`
+//!   yet.)
 //! * **Identity.** Nodes `user:<id>`, `device:<id>`, `phone:<hash>`; edges from every link
 //!   event (a star over its nodes), every click with a user id (device–user; a junk device
 //!   adds no node) and every `order` event with a phone (user–phone). A person is a connected
@@ -100,7 +111,8 @@ pub struct RefConfig {
     /// Time-decay half-life (default 7 days).
     pub half_life_ms: i64,
     /// Allowed lateness (default 5 s). Documented for completeness: in file mode the final
-    /// watermark is the largest ts, so it does not change the final tables.
+    /// watermark is the largest ts, so it does not change the final tables (an end watermark
+    /// given in [`RefConfig::end_watermark_ms`] is taken as it is, lateness already applied).
     pub allowed_lateness_ms: i64,
     /// Stall threshold (default 24 h).
     pub stall_threshold_ms: i64,
@@ -130,6 +142,19 @@ pub struct RefConfig {
     /// Zone of zone-less timestamps and the phone secret (defaults: +08:00 and
     /// `ParseConfig::default()`'s secret).
     pub parse: ParseConfig,
+    /// Where event time ends (spec §2). `None` (the default): file mode, W ends at the largest
+    /// `ts` of the input. `Some(w)`: W ends at `max(largest ts, w)` — a live run that caught up
+    /// with its topics and went idle, where W follows the wall clock (pass `now − allowed
+    /// lateness`). Every timer due at or before that W fires (open stalls, replenishment,
+    /// `no_impressions`, and what follows from open stalls: `suppressed_persons` and the
+    /// suppression of triggers); nothing else changes. The reference models the spec's tables,
+    /// which are defined by event time: it does not model the engine's `state_retention`
+    /// (state expiry and frozen rows). The engine agrees with it while W stays within the
+    /// retention (default 14 days) of the data; a W further out brings expiry into play in
+    /// the engine (parcel intervals re-emitted without their order and person, the persons'
+    /// suppression withdrawn, `cpc_spike`/`no_impressions` rows retracted), so compare a
+    /// far-future end only under a retention that covers it.
+    pub end_watermark_ms: Option<i64>,
 }
 
 impl RefConfig {
@@ -161,6 +186,7 @@ impl RefConfig {
                 zone_offset_minutes: settings.zone_offset_minutes().map_err(bad)?,
                 phone_secret,
             },
+            end_watermark_ms: None,
         })
     }
 }
@@ -193,6 +219,7 @@ impl Default for RefConfig {
             .map(|m| m.to_string())
             .collect(),
             parse: ParseConfig::default(),
+            end_watermark_ms: None,
         }
     }
 }

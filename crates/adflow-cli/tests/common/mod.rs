@@ -68,3 +68,56 @@ pub fn generate_and_run_files(dir: &Path, config: &str) {
         .arg("--config")
         .arg(dir.join("cfg.toml")));
 }
+
+/// The reference's (`adflow-reference`) final tables of the data set `input`
+/// (`<stream>.jsonl` files) under the settings file `config_toml` (read as `adflow run
+/// --config` reads it; phone secret from the variable the settings name, else the built-in
+/// development secret, as `RunOptions::new` does), with event time ending at
+/// `max(largest ts, end_watermark_ms)` (`None`: the largest ts, as in file mode). In the format
+/// of the tests' `contents(dir)`: table name → canonical JSON of each row without `version`
+/// and `sign` (and, for `dead_letters`, without `position` and `seen_ts`) → summed sign, zero
+/// sums dropped; every table is present.
+pub fn reference_contents(
+    input: &Path,
+    config_toml: &Path,
+    end_watermark_ms: Option<i64>,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> {
+    use adflow_model::config::Settings;
+    use adflow_model::event::ParseConfig;
+    use adflow_model::{Change, Table};
+    use std::collections::BTreeMap;
+
+    let text = std::fs::read_to_string(config_toml).unwrap();
+    let settings = Settings::from_toml(&text).unwrap();
+    let secret = match std::env::var(&settings.phone_secret_env) {
+        Ok(s) if !s.is_empty() => s.into_bytes(),
+        _ => ParseConfig::default().phone_secret,
+    };
+    let mut cfg = adflow_reference::RefConfig::from_settings(&settings, secret).unwrap();
+    cfg.end_watermark_ms = end_watermark_ms;
+    let tables = adflow_reference::compute(input, &cfg).unwrap();
+    let mut out = BTreeMap::new();
+    for table in Table::ALL {
+        let mut rows: BTreeMap<String, i64> = BTreeMap::new();
+        for row in tables.get(&table).into_iter().flatten() {
+            let line = Change {
+                row: row.clone(),
+                version: 0,
+                sign: 1,
+            }
+            .to_json_line();
+            let mut v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&line).unwrap();
+            let sign = v.remove("sign").unwrap().as_i64().unwrap();
+            v.remove("version").unwrap();
+            if table == Table::DeadLetters {
+                v.remove("position");
+                v.remove("seen_ts");
+            }
+            *rows.entry(serde_json::to_string(&v).unwrap()).or_default() += sign;
+        }
+        rows.retain(|_, s| *s != 0);
+        out.insert(table.name().to_string(), rows);
+    }
+    out
+}
