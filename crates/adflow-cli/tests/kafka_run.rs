@@ -323,6 +323,7 @@ fn hostfile(dir: &Path, name: &str) -> std::path::PathBuf {
 }
 
 /// Process `i` of a cluster of `n` (hostfile `hosts`), writing `out`.
+#[allow(clippy::too_many_arguments)]
 fn cluster(
     dir: &Path,
     brokers: &str,

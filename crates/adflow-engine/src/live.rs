@@ -280,14 +280,13 @@ fn broadcast(ctl: &mut InputSession<Time, (u64, Ctl), Diff>, peers: usize, msg: 
     ctl.flush();
 }
 
+/// The control input of a worker: (target worker, message).
+type CtlInput = InputSession<Time, (u64, Ctl), Diff>;
+/// Read marks as sent in a [`Ctl::Marks`]: (stream, partition, mark).
+type ReadList = Vec<(String, i32, i64)>;
+
 /// The control dataflow: an input every worker sends to, and the messages received.
-fn build_control(
-    worker: &mut timely::worker::Worker,
-) -> (
-    InputSession<Time, (u64, Ctl), Diff>,
-    Rc<RefCell<Vec<Ctl>>>,
-    usize,
-) {
+fn build_control(worker: &mut timely::worker::Worker) -> (CtlInput, Rc<RefCell<Vec<Ctl>>>, usize) {
     let inbox: Rc<RefCell<Vec<Ctl>>> = Rc::new(RefCell::new(Vec::new()));
     let id = worker.next_dataflow_index();
     let input = {
@@ -350,7 +349,7 @@ pub fn run_live(
     let latency = Arc::new(Mutex::new(Latency::default()));
     let shared_latency = latency.clone();
     let guards = timely::execute(config, move |worker| {
-        let mine = if worker.index() % threads == 0 {
+        let mine = if worker.index().is_multiple_of(threads) {
             lock(&sinks).take().unwrap_or_default()
         } else {
             LiveSinks::default()
@@ -499,7 +498,7 @@ fn run_worker(
     let threads = opts.workers.max(1);
     let process = index / threads;
     let processes = cluster.processes.max(1);
-    let leader = index % threads == 0;
+    let leader = index.is_multiple_of(threads);
     let settings = opts.settings.clone();
     let lateness = settings.allowed_lateness.0.max(0);
     let tick = settings.tick.0.max(1) as Time;
@@ -634,7 +633,7 @@ fn run_worker(
     // Checkpoint state.
     let mut permit: Time = 0;
     let mut round_at: BTreeMap<u64, Time> = BTreeMap::new();
-    let mut round_marks: BTreeMap<u64, BTreeMap<u64, Vec<(String, i32, i64)>>> = BTreeMap::new();
+    let mut round_marks: BTreeMap<u64, BTreeMap<u64, ReadList>> = BTreeMap::new();
     let mut my_round_marks: BTreeMap<u64, Vec<(StreamKind, i32, i64)>> = BTreeMap::new();
     let mut to_prepare: VecDeque<u64> = VecDeque::new();
     let mut prepared: BTreeMap<u64, std::collections::BTreeSet<u64>> = BTreeMap::new();
