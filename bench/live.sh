@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# bench/live.sh — freshness of live mode under the live load generator.
+#
+# For each layout (processes x workers) and each offered rate, `adflow produce --live` sends
+# the generator's mix of all event types with `ts` = the wall clock at send, for DURATION
+# seconds, to a tansu broker on this machine; `adflow run --kafka` (one or more processes on
+# loopback) consumes it with a file sink per process and, with CLICKHOUSE=1, the ClickHouse
+# sink. Freshness is sampled every 250 ms while the producer runs, from outside the pipeline:
+#   file sink:  now - the newest `version` in the processes' campaign_metrics.jsonl
+#   ClickHouse: now - max(version) of adflow.campaign_metrics_current
+# plus the engine's own `--latency` (each message's produce timestamp -> the global frontier
+# passing its effects). A version is an event time rounded up to the tick, so the sampled
+# figure plus the tick bounds the true "event ts -> visible" from above; it is reported with the
+# tick added. Reported: p50 / p99 / max, p99 of the first and the second half of the run
+# (growing = not sustainable), consumed rate, CPU seconds and peak RSS of the adflow processes.
+#
+# Knobs: RATES (events/s, 0 = unthrottled: the producer at 1M/s), DURATION (s), LAYOUTS
+# ("1x2 2x1"), USERS, CLICKHOUSE (1/0), TICK, LATENESS, COMMIT.
+# Everything runs on this machine (broker, ClickHouse, producer, pipeline share the cores).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+BIN="${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/adflow}"
+RATES="${RATES:-25000 50000 100000 0}"
+DURATION="${DURATION:-120}"
+LAYOUTS="${LAYOUTS:-1x2 2x1}"
+USERS="${USERS:-20000}"
+CLICKHOUSE="${CLICKHOUSE:-1}"
+TICK="${TICK:-100ms}"
+LATENESS="${LATENESS:-300ms}"
+COMMIT="${COMMIT:-1s}"
+PORT="${PORT:-19392}"
+WORK="$(mktemp -d /tmp/adflow-live-bench.XXXXXX)"
+
+[ -x "$BIN" ] || cargo build --release -p adflow-cli
+bash scripts/services/tansu.sh install >/dev/null
+BROKERS="$(bash scripts/services/tansu.sh start --port "$PORT")"
+CH=""
+cleanup() {
+    pkill -f "$WORK" 2>/dev/null || true
+    bash scripts/services/tansu.sh stop --port "$PORT" >/dev/null 2>&1 || true
+    [ -n "$CH" ] && bash scripts/services/clickhouse.sh stop >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+if [ "$CLICKHOUSE" = 1 ]; then
+    CH="$(bash scripts/services/clickhouse.sh start)"
+fi
+
+tick_ms() { case "$1" in *ms) echo "${1%ms}" ;; *s) echo $(( ${1%s} * 1000 )) ;; esac; }
+TICK_MS="$(tick_ms "$TICK")"
+now_ms() { date +%s%3N; }
+# p50 p99 max of the numbers in file $1 (one per line).
+pct() {
+    sort -n "$1" | awk '{a[NR]=$1} END {if (NR==0) {print "- - -"; exit}
+        i50=int(NR*0.50); if (i50<1) i50=1; i99=int(NR*0.99); if (i99<1) i99=1;
+        printf "%d %d %d\n", a[i50], a[i99], a[NR]}'
+}
+half_p99() { # p99 of the first and second half of the samples in $1
+    local n; n=$(wc -l < "$1"); [ "$n" -ge 4 ] || { echo "- -"; return; }
+    head -n $((n / 2)) "$1" > "$1.a"; tail -n $((n - n / 2)) "$1" > "$1.b"
+    echo "$(pct "$1.a" | cut -d' ' -f2) $(pct "$1.b" | cut -d' ' -f2)"
+}
+
+cat > "$WORK/cfg.toml" <<EOF
+allowed_lateness = "$LATENESS"
+tick = "$TICK"
+[kafka]
+commit_interval = "$COMMIT"
+EOF
+
+printf '%-6s %-8s %-9s %-22s %-22s %-20s %-12s %-8s %-9s\n' layout offered consumed \
+    "file p50/p99/max ms" "ch p50/p99/max ms" "engine p50/p99/max" "p99 1st/2nd" "cpu s" "rss MiB"
+run_one() {
+    local layout="$1" rate="$2"
+    local n="${layout%x*}" w="${layout#*x}" prefix="b$RANDOM$RANDOM."
+    local dir="$WORK/$prefix"; mkdir -p "$dir"
+    : > "$dir/hosts"
+    for i in $(seq 0 $((n - 1))); do echo "127.0.0.1:$((PORT + 100 + i))" >> "$dir/hosts"; done
+    local db="bench_${prefix%.}"
+    local pids=()
+    for i in $(seq 0 $((n - 1))); do
+        local args=(run --kafka "$BROKERS" --topic-prefix "$prefix" --workers "$w" --output "$dir/out$i"
+            --config "$WORK/cfg.toml" --latency)
+        [ "$n" -gt 1 ] && args+=(--processes "$n" --process "$i" --hostfile "$dir/hosts")
+        [ -n "$CH" ] && args+=(--sink "clickhouse=$CH/?database=$db")
+        ADFLOW_LOG=warn /usr/bin/time -v "$BIN" "${args[@]}" > "$dir/run$i.out" 2> "$dir/run$i.err" &
+        pids+=($!)
+    done
+    sleep 3
+    local offered="$rate"; [ "$rate" = 0 ] && offered=1000000
+    "$BIN" produce --live --kafka "$BROKERS" --topic-prefix "$prefix" --rate "$offered" \
+        --duration "$DURATION" --users "$USERS" > "$dir/produce.out" 2> "$dir/produce.err" &
+    local prod=$!
+    : > "$dir/file.lat"; : > "$dir/ch.lat"
+    sleep 2
+    while kill -0 "$prod" 2>/dev/null; do
+        local t; t=$(now_ms)
+        local v=0
+        for i in $(seq 0 $((n - 1))); do
+            local f="$dir/out$i/campaign_metrics.jsonl"
+            [ -s "$f" ] || continue
+            local x; x=$(tail -c 2048 "$f" | grep -o '"version":[0-9]*' | tail -1 | cut -d: -f2)
+            [ -n "$x" ] && [ "$x" -gt "$v" ] && v=$x
+        done
+        [ "$v" -gt 0 ] && echo $(( t - v + TICK_MS )) >> "$dir/file.lat"
+        if [ -n "$CH" ]; then
+            local c; c=$(curl -s "$CH/?database=$db" --data-binary \
+                "SELECT max(version) FROM campaign_metrics_current" 2>/dev/null || echo 0)
+            [[ "$c" =~ ^[0-9]+$ ]] && [ "$c" -gt 0 ] && echo $(( $(now_ms) - c + TICK_MS )) >> "$dir/ch.lat"
+        fi
+        sleep 0.25
+    done
+    wait "$prod" || true
+    sleep 3
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for p in "${pids[@]}"; do wait "$p" || true; done
+    local sent consumed cpu rss eng
+    sent=$(grep -o '[0-9]* events acknowledged\|acknowledged [0-9]*' "$dir/produce.err" | grep -o '[0-9]*' | head -1 || echo 0)
+    consumed=$(cat "$dir"/run*.err | grep -o 'run --kafka: [0-9]* messages' | grep -o '[0-9]*' | paste -sd+ | bc 2>/dev/null || echo 0)
+    cpu=$(cat "$dir"/run*.err | awk -F': ' '/User time|System time/ {s+=$2} END {printf "%.0f", s}')
+    rss=$(cat "$dir"/run*.err | awk -F': ' '/Maximum resident/ {s+=$2} END {printf "%.0f", s/1024}')
+    eng=$(cat "$dir"/run*.err | grep -o 'p50 [0-9]* ms, p99 [0-9]* ms, max [0-9]* ms' | head -1 | tr -dc '0-9 ' | awk '{print $1"/"$2"/"$3}')
+    printf '%-6s %-8s %-9s %-22s %-22s %-20s %-12s %-8s %-9s\n' "$layout" "$offered" \
+        "$(( consumed / DURATION ))/s" "$(pct "$dir/file.lat" | tr ' ' /)" \
+        "$( [ -n "$CH" ] && pct "$dir/ch.lat" | tr ' ' / || echo -)" "${eng:--}" \
+        "$(half_p99 "$dir/file.lat" | tr ' ' /)" "$cpu" "$rss"
+    [ -n "${KEEP:-}" ] && cp -r "$dir" "${KEEP}/" || true
+}
+for layout in $LAYOUTS; do
+    for rate in $RATES; do
+        run_one "$layout" "$rate"
+    done
+done
+echo "(machine: $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ); broker, ClickHouse, producer and pipeline on the same cores)"
