@@ -140,8 +140,8 @@ pub struct KafkaSettings {
     pub topic_prefix: String,
     /// Consumer group id under which offsets are committed (default `adflow`).
     pub group_id: String,
-    /// A partition that has delivered nothing for this long no longer holds event time back;
-    /// when every partition is that idle, event time follows the wall clock (default 10 s).
+    /// Accepted for compatibility, no effect any more (default 10 s): live mode lets a
+    /// caught-up partition never hold event time back, without waiting (spec §2).
     pub idle_timeout: Millis,
     /// How often sinks are flushed and offsets committed (default 1 s).
     pub commit_interval: Millis,
