@@ -7,7 +7,10 @@
 # loopback) consumes it with a file sink per process and, with CLICKHOUSE=1, the ClickHouse
 # sink. Freshness is sampled every 250 ms while the producer runs, from outside the pipeline:
 #   file sink:  now - the newest `version` in the processes' campaign_metrics.jsonl
-#   ClickHouse: now - max(version) of adflow.campaign_metrics_current
+#   ClickHouse: now - max(version) of the rows INSERTed into campaign_metrics (the view
+#               campaign_metrics_current is computed from them at query time, so a row is
+#               visible there as soon as its INSERT is; querying the view itself every 250 ms
+#               would aggregate the whole table each time)
 # plus the engine's own `--latency` (each message's produce timestamp -> the global frontier
 # passing its effects). A version is an event time rounded up to the tick, so the sampled
 # figure plus the tick bounds the true "event ts -> visible" from above; it is reported with the
@@ -100,27 +103,26 @@ run_one() {
         for i in $(seq 0 $((n - 1))); do
             local f="$dir/out$i/campaign_metrics.jsonl"
             [ -s "$f" ] || continue
-            local x; x=$(tail -c 2048 "$f" | grep -o '"version":[0-9]*' | tail -1 | cut -d: -f2)
+            local x; x=$(tail -c 2048 "$f" | grep -o '"version":[0-9]*' | tail -1 | cut -d: -f2 || true)
             [ -n "$x" ] && [ "$x" -gt "$v" ] && v=$x
         done
         [ "$v" -gt 0 ] && echo $(( t - v + TICK_MS )) >> "$dir/file.lat"
         if [ -n "$CH" ]; then
             local c; c=$(curl -s "$CH/?database=$db" --data-binary \
-                "SELECT max(version) FROM campaign_metrics_current" 2>/dev/null || echo 0)
+                "SELECT max(version) FROM campaign_metrics WHERE batch_marker = ''" 2>/dev/null || echo 0)
             [[ "$c" =~ ^[0-9]+$ ]] && [ "$c" -gt 0 ] && echo $(( $(now_ms) - c + TICK_MS )) >> "$dir/ch.lat"
         fi
         sleep 0.25
     done
     wait "$prod" || true
     sleep 3
-    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for p in "${pids[@]}"; do pkill -TERM -P "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" || true; done
-    local sent consumed cpu rss eng
-    sent=$(grep -o '[0-9]* events acknowledged\|acknowledged [0-9]*' "$dir/produce.err" | grep -o '[0-9]*' | head -1 || echo 0)
-    consumed=$(cat "$dir"/run*.err | grep -o 'run --kafka: [0-9]* messages' | grep -o '[0-9]*' | paste -sd+ | bc 2>/dev/null || echo 0)
+    local consumed cpu rss eng
+    consumed=$(cat "$dir"/run*.err | grep -o 'run --kafka: [0-9]* messages' | awk '{s+=$3} END {print s+0}' || true)
     cpu=$(cat "$dir"/run*.err | awk -F': ' '/User time|System time/ {s+=$2} END {printf "%.0f", s}')
     rss=$(cat "$dir"/run*.err | awk -F': ' '/Maximum resident/ {s+=$2} END {printf "%.0f", s/1024}')
-    eng=$(cat "$dir"/run*.err | grep -o 'p50 [0-9]* ms, p99 [0-9]* ms, max [0-9]* ms' | head -1 | tr -dc '0-9 ' | awk '{print $1"/"$2"/"$3}')
+    eng=$(cat "$dir"/run*.err | grep -o 'p50 [0-9]* ms, p99 [0-9]* ms, max [0-9]* ms' | head -1 | tr -dc '0-9 ' | awk '{print $1"/"$2"/"$3}' || true)
     printf '%-6s %-8s %-9s %-22s %-22s %-20s %-12s %-8s %-9s\n' "$layout" "$offered" \
         "$(( consumed / DURATION ))/s" "$(pct "$dir/file.lat" | tr ' ' /)" \
         "$( [ -n "$CH" ] && pct "$dir/ch.lat" | tr ' ' / || echo -)" "${eng:--}" \
