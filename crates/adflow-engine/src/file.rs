@@ -504,3 +504,74 @@ impl Sink for FileSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use adflow_model::output::DeadLetterRow;
+
+    fn change(n: i64) -> Change {
+        Change {
+            row: adflow_model::OutputRow::DeadLetter(DeadLetterRow {
+                stream: "orders".into(),
+                position: format!("orders.jsonl:{n}"),
+                raw: "x".into(),
+                reason: "r".into(),
+                seen_ts: 0,
+            }),
+            version: n,
+            sign: 1,
+        }
+    }
+
+    fn lines(dir: &Path) -> usize {
+        std::fs::read_to_string(dir.join("dead_letters.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    }
+
+    #[test]
+    fn resumable_sink_keeps_its_previous_durable_point() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut s = FileSink::open_resumable(dir).unwrap();
+        assert_eq!(s.resume_points(), vec![None]);
+        s.resume_to(None).unwrap();
+        for (round, upto) in [("cp1", 10), ("cp2", 20)] {
+            let from = upto - 10;
+            s.write((from..upto).map(change).collect(), upto).unwrap();
+            s.set_checkpoint(round);
+            s.flush().unwrap();
+        }
+        // Written after the last flush: not durable.
+        s.write((20..25).map(change).collect(), 25).unwrap();
+        drop(s);
+        assert_eq!(lines(dir), 25);
+
+        let s = FileSink::open_resumable(dir).unwrap();
+        assert_eq!(
+            s.resume_points(),
+            vec![Some("cp2".to_string()), Some("cp1".to_string())]
+        );
+        drop(s);
+        // Back to the previous point: the files are cut to it.
+        let mut s = FileSink::open_resumable(dir).unwrap();
+        s.resume_to(Some("cp1")).unwrap();
+        assert_eq!(lines(dir), 10);
+        assert_eq!(s.resume_frontier(Table::DeadLetters), 10);
+        assert_eq!(s.resume_checkpoint().as_deref(), Some("cp1"));
+        s.write((10..20).map(change).collect(), 20).unwrap();
+        s.set_checkpoint("cp2b");
+        s.flush().unwrap();
+        drop(s);
+        let s = FileSink::open_resumable(dir).unwrap();
+        assert_eq!(
+            s.resume_points(),
+            vec![Some("cp2b".to_string()), Some("cp1".to_string())]
+        );
+        // A point it does not hold is an error, not a silent restart.
+        let mut s = FileSink::open_resumable(dir).unwrap();
+        assert!(s.resume_to(Some("cp0")).is_err());
+    }
+}
