@@ -35,6 +35,12 @@ COMMIT="${COMMIT:-1s}"
 PORT="${PORT:-19392}"
 WORK="$(mktemp -d /tmp/adflow-live-bench.XXXXXX)"
 
+need=()
+[ -x /usr/bin/time ] || need+=(time)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
 [ -x "$BIN" ] || cargo build --release -p adflow-cli
 bash scripts/services/tansu.sh install >/dev/null
 BROKERS="$(bash scripts/services/tansu.sh start --port "$PORT")"
