@@ -8,39 +8,10 @@
 
 mod common;
 
-use common::{adflow, generate_and_run_files, ok, reference_contents};
+use common::{adflow, contents, generate_and_run_files, ok, reference_contents};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
-
-/// Current contents of every table in a changelog directory: row (without version/sign, and
-/// without the fields that name where and when a dead letter was seen) → summed sign, zero sums
-/// dropped. (A copy of `contents` in `kafka_run.rs`.)
-fn contents(dir: &Path) -> BTreeMap<String, BTreeMap<String, i64>> {
-    let mut out = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let Some(table) = name.strip_suffix(".jsonl") else {
-            continue;
-        };
-        let mut rows: BTreeMap<String, i64> = BTreeMap::new();
-        for line in std::fs::read_to_string(&path).unwrap().lines() {
-            let mut v: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(line).unwrap();
-            let sign = v.remove("sign").unwrap().as_i64().unwrap();
-            v.remove("version").unwrap();
-            if table == "dead_letters" {
-                v.remove("position");
-                v.remove("seen_ts");
-            }
-            *rows.entry(serde_json::to_string(&v).unwrap()).or_default() += sign;
-        }
-        rows.retain(|_, s| *s != 0);
-        out.insert(table.to_string(), rows);
-    }
-    out
-}
 
 /// A readable account of how two contents differ (empty when they agree).
 fn differences(

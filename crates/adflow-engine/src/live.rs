@@ -271,8 +271,13 @@ fn local_watermark<'a>(
 /// Sends `msg` to every worker (its own batch, so messages arrive in the order sent). The
 /// control input's time moves on with every message: only closing a time makes the exchange
 /// channel push its buffered data out.
-fn broadcast(ctl: &mut InputSession<Time, (u64, Ctl), Diff>, peers: usize, msg: Ctl) {
-    for t in 0..peers as u64 {
+fn broadcast(ctl: &mut CtlInput, peers: usize, msg: Ctl) {
+    send(ctl, 0..peers as u64, msg);
+}
+
+/// Sends `msg` to the workers `targets` (see [`broadcast`]).
+fn send(ctl: &mut CtlInput, targets: impl Iterator<Item = u64>, msg: Ctl) {
+    for t in targets {
         ctl.update((t, msg.clone()), 1);
     }
     let next = *ctl.time() + 1;
@@ -671,9 +676,10 @@ fn run_worker(
                                 .filter_map(|(s, p, g)| Some((StreamKind::from_name(s)?, *p, *g)))
                                 .collect(),
                         );
-                        broadcast(
+                        // Only the leaders store checkpoints.
+                        send(
                             ctl,
-                            peers,
+                            (0..processes).map(|p| (p * threads) as u64),
                             Ctl::Marks {
                                 round: k,
                                 worker: index as u64,

@@ -317,23 +317,8 @@ pub fn produce_live(args: &LiveProduceArgs) -> Result<LiveProduceReport, KafkaEr
             },
         ));
     }
-    let failed = ctx.failed.load(Ordering::Relaxed);
     let delivered = report.acknowledged();
-    if failed > 0 {
-        let first_error = match ctx.first_error.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
-        return Err(KafkaError::Delivery {
-            delivered,
-            failed,
-            first_error: first_error.unwrap_or_default(),
-        });
-    }
-    let pending = total.saturating_sub(delivered);
-    if pending > 0 {
-        return Err(KafkaError::DeliveryTimeout { pending });
-    }
+    ctx.outcome(delivered, total)?;
     info!(
         sent = total,
         delivered,

@@ -98,6 +98,30 @@ pub(crate) struct CountingContext {
 
 impl ClientContext for CountingContext {}
 
+impl CountingContext {
+    /// After the final flush: an error when a delivery failed (with the first failure's
+    /// reason), or when fewer than `sent` messages were acknowledged (the flush timed out).
+    pub(crate) fn outcome(&self, delivered: u64, sent: u64) -> Result<(), KafkaError> {
+        let failed = self.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let first_error = match self.first_error.lock() {
+                Ok(g) => g.clone(),
+                Err(p) => p.into_inner().clone(),
+            };
+            return Err(KafkaError::Delivery {
+                delivered,
+                failed,
+                first_error: first_error.unwrap_or_default(),
+            });
+        }
+        let pending = sent.saturating_sub(delivered);
+        if pending > 0 {
+            return Err(KafkaError::DeliveryTimeout { pending });
+        }
+        Ok(())
+    }
+}
+
 impl ProducerContext for CountingContext {
     type DeliveryOpaque = usize;
 
@@ -328,28 +352,13 @@ pub fn produce(args: &ProduceArgs) -> Result<ProduceReport, KafkaError> {
         warn!(error = %e, "flush failed");
     }
     let ctx = producer.context();
-    let failed = ctx.failed.load(Ordering::Relaxed);
     let mut delivered = 0;
     for (stream, counts) in report.streams.iter_mut() {
         counts.delivered = ctx.delivered[stream.index()].load(Ordering::Relaxed);
         delivered += counts.delivered;
     }
     report.elapsed = started.elapsed();
-    let pending = sent.saturating_sub(delivered + failed);
-    if failed > 0 {
-        let first_error = match ctx.first_error.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
-        return Err(KafkaError::Delivery {
-            delivered,
-            failed,
-            first_error: first_error.unwrap_or_default(),
-        });
-    }
-    if pending > 0 {
-        return Err(KafkaError::DeliveryTimeout { pending });
-    }
+    ctx.outcome(delivered, sent)?;
     info!(
         delivered,
         elapsed_s = report.elapsed.as_secs_f64(),

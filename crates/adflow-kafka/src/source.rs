@@ -141,9 +141,9 @@ pub(crate) struct SourceContext {
 struct FetchStats {
     /// When the report came.
     at: Option<Instant>,
-    /// (topic, partition) → high watermark from the last fetch response, for partitions whose
+    /// (stream, partition) → high watermark from the last fetch response, for partitions whose
     /// leader broker was up.
-    high: std::collections::HashMap<(String, i32), i64>,
+    high: std::collections::HashMap<(StreamKind, i32), i64>,
 }
 
 /// `statistics.interval.ms` of the consumers: how often librdkafka reports each partition's
@@ -198,9 +198,15 @@ impl ClientContext for SourceContext {
             .collect();
         let mut high = std::collections::HashMap::new();
         for (name, topic) in &statistics.topics {
+            let Some(stream) = name
+                .strip_prefix(self.topic_prefix.as_str())
+                .and_then(StreamKind::from_name)
+            else {
+                continue;
+            };
             for (&partition, p) in &topic.partitions {
                 if partition >= 0 && p.hi_offset >= 0 && up.contains(&p.leader) {
-                    high.insert((name.clone(), partition), p.hi_offset);
+                    high.insert((stream, partition), p.hi_offset);
                 }
             }
         }
@@ -555,7 +561,7 @@ impl KafkaSource {
         if st.at?.elapsed() > max_age {
             return None;
         }
-        let high = *st.high.get(&(self.config.topic(stream), partition))?;
+        let high = *st.high.get(&(stream, partition))?;
         Some(status.next_offset.unwrap_or(0) >= high)
     }
 

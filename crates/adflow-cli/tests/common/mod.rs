@@ -106,18 +106,48 @@ pub fn reference_contents(
                 sign: 1,
             }
             .to_json_line();
-            let mut v: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&line).unwrap();
-            let sign = v.remove("sign").unwrap().as_i64().unwrap();
-            v.remove("version").unwrap();
-            if table == Table::DeadLetters {
-                v.remove("position");
-                v.remove("seen_ts");
-            }
-            *rows.entry(serde_json::to_string(&v).unwrap()).or_default() += sign;
+            let (row, sign) = canonical_row(table.name(), &line);
+            *rows.entry(row).or_default() += sign;
         }
         rows.retain(|_, s| *s != 0);
         out.insert(table.name().to_string(), rows);
+    }
+    out
+}
+
+/// Canonical form of one changelog line for comparing tables: the row's JSON without
+/// `version`, `sign` and, for `dead_letters`, the fields that name where and when it was seen;
+/// with its sign.
+pub fn canonical_row(table: &str, line: &str) -> (String, i64) {
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).unwrap();
+    let sign = v.remove("sign").unwrap().as_i64().unwrap();
+    v.remove("version").unwrap();
+    if table == "dead_letters" {
+        v.remove("position");
+        v.remove("seen_ts");
+    }
+    (serde_json::to_string(&v).unwrap(), sign)
+}
+
+/// Current contents of every table of a changelog directory: canonical row
+/// ([`canonical_row`]) → summed sign, zero sums dropped.
+pub fn contents(
+    dir: &Path,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let Some(table) = name.strip_suffix(".jsonl") else {
+            continue;
+        };
+        let mut rows: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let (row, sign) = canonical_row(table, line);
+            *rows.entry(row).or_default() += sign;
+        }
+        rows.retain(|_, s| *s != 0);
+        out.insert(table.to_string(), rows);
     }
     out
 }
