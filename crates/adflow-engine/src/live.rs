@@ -243,6 +243,17 @@ struct Part {
 }
 
 /// A worker's local watermark (see the module docs): `None` while it cannot advance.
+/// The input time for watermark `w`: the largest `k·tick + 1 ≤ w`, so that the frontier moves a
+/// whole tick at a time (one round of progress through the dataflow per tick, not one per poll)
+/// and still passes version `k·tick` as soon as W does. Events are placed at their `ts` rounded
+/// up to the tick, so every on-time event is released exactly when it would be with `w` itself.
+fn tick_input_time(w: Time, tick: Time) -> Time {
+    if w == 0 {
+        return 0;
+    }
+    ((w - 1) / tick) * tick + 1
+}
+
 fn local_watermark<'a>(
     parts: impl Iterator<Item = &'a Part>,
     lateness: i64,
@@ -603,6 +614,7 @@ fn run_worker(
     } else {
         vec![(process * threads) as u64]
     };
+    let profile = crate::profile::register(worker);
     let Built {
         mut ev_in,
         mut dl_in,
@@ -803,7 +815,7 @@ fn run_worker(
             }
             // The local watermark.
             if let Some(w) = local_watermark(parts.values(), lateness, wall_ms()) {
-                let mut w = to_time(w);
+                let mut w = tick_input_time(to_time(w), tick);
                 if !replaying.is_empty() {
                     w = w.min(resume_f.saturating_sub(1));
                 }
@@ -869,10 +881,21 @@ fn run_worker(
         dl_in.flush();
         if history.len() > 4 {
             if let Some(t) = history.pop_front() {
-                worker.step_while(|| probe.less_than(&t));
+                // Park while waiting: a peer's message or progress wakes the worker, and a
+                // spinning worker takes the core from the peer (and the consumer threads) it
+                // waits for.
+                worker.step_or_park_while(Some(Duration::from_millis(1)), || probe.less_than(&t));
             }
         }
-        worker.step_or_park(Some(Duration::ZERO));
+        // While running, the source poll above is where the worker waits; once stopping, no
+        // source is polled, and a spinning worker would take the cores from the sinks it waits
+        // for (a ClickHouse server on the same machine).
+        let park = if phase == Phase::Running {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(1)
+        };
+        worker.step_or_park(Some(park));
 
         // 3. Sinks (leaders).
         let frontier = probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX));
@@ -1023,6 +1046,20 @@ fn run_worker(
             if committed_at >= end {
                 break;
             }
+            if last_log.elapsed() >= Duration::from_secs(5) {
+                last_log = Instant::now();
+                tracing::info!(
+                    worker = index,
+                    end,
+                    frontier,
+                    committed = committed_at,
+                    permit,
+                    handed = ?handed,
+                    round_in_flight = ?in_flight,
+                    to_prepare = to_prepare.len(),
+                    "stopping: waiting for the final checkpoint"
+                );
+            }
         }
     }
     // Let the last messages (the final Committed on other workers) go out.
@@ -1030,6 +1067,9 @@ fn run_worker(
         for _ in 0..10 {
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
+    }
+    if let Some(p) = profile {
+        p.report(worker);
     }
     let stop = match phase {
         Phase::Ending(end) => end,

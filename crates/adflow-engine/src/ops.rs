@@ -2,13 +2,13 @@
 
 use crate::{Col, Diff, OutRec, Time};
 use adflow_model::event::Event;
-use adflow_model::{Change, OutputRow, Sym};
+use adflow_model::{Change, OutputRow};
 use differential_dataflow::collection::AsCollection;
 use differential_dataflow::difference::{Abelian, Semigroup};
 use differential_dataflow::Data;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
@@ -104,13 +104,45 @@ where
 /// The hasher of the engine's hash maps: fast, and seeded per process (keys come from input).
 type FastHash = foldhash::fast::RandomState;
 
-fn event_key_hash(e: &Event) -> u64 {
-    // Must agree across workers (and processes): a fixed seed.
-    let mut h = foldhash::fast::FixedState::with_seed(0x6164_666c_6f77).build_hasher();
-    (e.body.stream().index() as u8).hash(&mut h);
-    e.event_id.hash(&mut h);
-    h.finish()
+/// The dedup key of an event: a 128-bit XXH3 fingerprint of (stream, `event_id`), the same on
+/// every worker and process (fixed seed). Two distinct keys share a fingerprint with probability
+/// about n²/2¹²⁹ — below 10⁻¹⁸ for the 3.6·10⁹ keys an hour holds at 1M events/s — and a
+/// fingerprint is 16 bytes in place, where the key itself is a shared string.
+fn event_fingerprint(e: &Event) -> u128 {
+    let id = e.event_id.as_str().as_bytes();
+    let mut buf = [0u8; 128];
+    if id.len() < buf.len() {
+        buf[0] = e.body.stream().index() as u8;
+        buf[1..=id.len()].copy_from_slice(id);
+        xxhash_rust::xxh3::xxh3_128(&buf[..=id.len()])
+    } else {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&[e.body.stream().index() as u8]);
+        h.update(id);
+        h.digest128()
+    }
 }
+
+/// The hasher of the fingerprint set: a fingerprint is already uniformly distributed, so its
+/// low 64 bits are the hash (the exchange uses the high 64).
+#[derive(Default)]
+struct FingerprintHasher(u64);
+
+impl Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+type FingerprintSet = HashSet<u128, std::hash::BuildHasherDefault<FingerprintHasher>>;
 
 /// Counters a worker keeps about its dedup operator.
 #[derive(Clone, Debug, Default)]
@@ -134,12 +166,12 @@ pub fn dedup<'s>(
     events
         .inner
         .unary_frontier(
-            Exchange::new(|(e, _, _): &(Event, Time, Diff)| event_key_hash(e)),
+            Exchange::new(|(e, _, _): &(Event, Time, Diff)| (event_fingerprint(e) >> 64) as u64),
             "Dedup",
             move |_, _| {
-                let mut seen: HashSet<(u8, Sym), FastHash> = HashSet::default();
+                let mut seen = FingerprintSet::default();
                 // Keys by the logical time they were recorded at (the first copy's time).
-                let mut by_time: BTreeMap<Time, Vec<(u8, Sym)>> = BTreeMap::new();
+                let mut by_time: BTreeMap<Time, Vec<u128>> = BTreeMap::new();
                 // The largest logical time seen so far: keys are recorded at it, so a replay or a
                 // shuffled file (where the watermark barely moves) keeps catching redeliveries.
                 let mut high: Time = 0;
@@ -154,12 +186,11 @@ pub fn dedup<'s>(
                     input.for_each(|cap, data: &mut Vec<(Event, Time, Diff)>| {
                         let mut session = output.session(&cap);
                         for (e, t, r) in data.drain(..) {
-                            let key = (e.body.stream().index() as u8, e.event_id.clone());
-                            if seen.contains(&key) {
+                            let key = event_fingerprint(&e);
+                            if !seen.insert(key) {
                                 st.duplicates += 1;
                                 continue;
                             }
-                            seen.insert(key.clone());
                             high = high.max(t);
                             by_time.entry(high).or_default().push(key);
                             session.give((e, t, r));

@@ -15,6 +15,7 @@
 //! needs gcc, make, and zlib headers).
 
 mod admin;
+mod batch;
 mod config;
 mod dead_letter;
 mod error;

@@ -44,6 +44,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, warn};
 
+use crate::batch::{BatchQueue, Batched};
 use crate::{KafkaConfig, KafkaError};
 
 /// `fetch.wait.max.ms` used unless `properties` sets it (librdkafka's default is 500).
@@ -244,6 +245,8 @@ impl ConsumerContext for SourceContext {
 /// (its partitions go to the other members at once, from the last committed offsets).
 pub struct KafkaSource {
     config: KafkaConfig,
+    /// Batch consumption of a static assignment (declared before `consumer`: dropped first).
+    batch: Option<BatchQueue>,
     consumer: BaseConsumer<SourceContext>,
     partitions: BTreeMap<(StreamKind, i32), PartitionStatus>,
     events: Vec<RebalanceEvent>,
@@ -266,6 +269,7 @@ impl KafkaSource {
         debug!(worker, ?topics, group = %config.group_id, "kafka source subscribed");
         Ok(KafkaSource {
             config: config.clone(),
+            batch: None,
             consumer,
             partitions: BTreeMap::new(),
             events: Vec::new(),
@@ -317,6 +321,7 @@ impl KafkaSource {
             .collect();
         let mut source = KafkaSource {
             config: config.clone(),
+            batch: None,
             consumer,
             partitions: BTreeMap::new(),
             events: Vec::new(),
@@ -346,6 +351,16 @@ impl KafkaSource {
                 .map_err(KafkaError::Commit)?;
         }
         source.consumer.assign(&tpl).map_err(KafkaError::Client)?;
+        let names: Vec<(String, i32)> = mine.iter().map(|&(s, p)| (config.topic(s), p)).collect();
+        // SAFETY: the queue is a field of the source, dropped before the consumer.
+        source.batch =
+            unsafe { BatchQueue::forward(source.consumer.client().native_ptr(), &names) };
+        if source.batch.is_none() && !mine.is_empty() {
+            warn!(
+                worker,
+                "partition queues not available; consuming one message per poll"
+            );
+        }
         info!(worker, partitions = ?mine, ?start, "kafka source assigned");
         Ok(source)
     }
@@ -385,6 +400,9 @@ impl KafkaSource {
         if max == 0 {
             return Ok(out);
         }
+        if self.batch.is_some() {
+            return self.poll_batched(max, timeout);
+        }
         let deadline = Instant::now() + timeout;
         while out.len() < max {
             let wait = if out.is_empty() {
@@ -406,52 +424,21 @@ impl KafkaSource {
                     }
                 }
                 Some(Ok(msg)) => {
-                    let topic = msg.topic();
-                    let Some(stream) = self.config.stream_of_topic(topic) else {
-                        warn!(
-                            topic,
-                            "message from a topic that is not an input stream; ignored"
-                        );
-                        continue;
-                    };
-                    let partition = msg.partition();
-                    let offset = msg.offset();
-                    let now = SystemTime::now();
-                    let status = self
-                        .partitions
-                        .entry((stream, partition))
-                        .or_insert_with(|| PartitionStatus {
-                            stream,
-                            partition,
-                            assigned_at: now,
-                            last_message_at: None,
-                            next_offset: None,
-                            committed: None,
-                        });
-                    status.last_message_at = Some(now);
-                    status.next_offset = Some(offset + 1);
-                    out.push(SourceRecord {
-                        raw: RawMessage {
-                            stream,
-                            position: Position::Kafka {
-                                topic: topic.to_string(),
-                                partition,
-                                offset,
-                            },
-                            payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                        },
-                        key: msg.key().map(<[u8]>::to_vec),
-                        timestamp_ms: msg.timestamp().to_millis(),
-                    });
+                    let rec = Self::record(
+                        &self.config,
+                        &mut self.partitions,
+                        msg.topic(),
+                        msg.partition(),
+                        msg.offset(),
+                        msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        msg.key().map(<[u8]>::to_vec),
+                        msg.timestamp().to_millis(),
+                        SystemTime::now(),
+                    );
+                    out.extend(rec);
                 }
                 Some(Err(e)) => {
-                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
-                        return Err(KafkaError::Fatal(format!("{code:?}: {reason}")));
-                    }
-                    if let RdError::MessageConsumptionFatal(code) = e {
-                        return Err(KafkaError::Fatal(format!("{code:?}")));
-                    }
-                    warn!(error = %e, "kafka consumer error (retrying)");
+                    self.consumer_error(e)?;
                     if !out.is_empty() {
                         break;
                     }
@@ -459,6 +446,143 @@ impl KafkaSource {
             }
         }
         Ok(out)
+    }
+
+    /// [`KafkaSource::poll_records`] of a static assignment: the consumer's own queue (events
+    /// only) is served without waiting, then up to `max` messages come from the batch queue.
+    fn poll_batched(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<SourceRecord>, KafkaError> {
+        let mut out = Vec::new();
+        let polled = self.consumer.poll(Duration::ZERO);
+        apply_rebalance_events(
+            self.consumer.context(),
+            &mut self.partitions,
+            &mut self.events,
+        );
+        match polled {
+            Some(Ok(msg)) => {
+                let rec = Self::record(
+                    &self.config,
+                    &mut self.partitions,
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    msg.key().map(<[u8]>::to_vec),
+                    msg.timestamp().to_millis(),
+                    SystemTime::now(),
+                );
+                out.extend(rec);
+            }
+            Some(Err(e)) => self.consumer_error(e)?,
+            None => {}
+        }
+        let mut items = Vec::new();
+        if let Some(b) = self.batch.as_mut() {
+            let wait = if out.is_empty() {
+                timeout
+            } else {
+                Duration::ZERO
+            };
+            b.consume(max - out.len(), wait, &mut items);
+        }
+        let now = SystemTime::now();
+        for item in items {
+            match item {
+                Batched::Message {
+                    topic,
+                    partition,
+                    offset,
+                    payload,
+                    key,
+                    timestamp_ms,
+                } => {
+                    let rec = Self::record(
+                        &self.config,
+                        &mut self.partitions,
+                        &topic,
+                        partition,
+                        offset,
+                        payload,
+                        key,
+                        timestamp_ms,
+                        now,
+                    );
+                    out.extend(rec);
+                }
+                Batched::Error(message) => {
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        return Err(KafkaError::Fatal(format!("{code:?}: {reason}")));
+                    }
+                    warn!(error = %message, "kafka consumer error (retrying)");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A consumed message as a record, its partition's status updated; `None` (logged) for a
+    /// topic that is not an input stream.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        config: &KafkaConfig,
+        partitions: &mut BTreeMap<(StreamKind, i32), PartitionStatus>,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        payload: Vec<u8>,
+        key: Option<Vec<u8>>,
+        timestamp_ms: Option<i64>,
+        now: SystemTime,
+    ) -> Option<SourceRecord> {
+        let Some(stream) = config.stream_of_topic(topic) else {
+            warn!(
+                topic,
+                "message from a topic that is not an input stream; ignored"
+            );
+            return None;
+        };
+        let status = partitions
+            .entry((stream, partition))
+            .or_insert_with(|| PartitionStatus {
+                stream,
+                partition,
+                assigned_at: now,
+                last_message_at: None,
+                next_offset: None,
+                committed: None,
+            });
+        status.last_message_at = Some(now);
+        status.next_offset = Some(offset + 1);
+        Some(SourceRecord {
+            raw: RawMessage {
+                stream,
+                position: Position::Kafka {
+                    topic: topic.to_string(),
+                    partition,
+                    offset,
+                },
+                payload,
+            },
+            key,
+            timestamp_ms,
+        })
+    }
+
+    /// A consumer error from `poll`: fatal ones end the source, others are logged (librdkafka
+    /// retries them).
+    fn consumer_error(&self, e: RdError) -> Result<(), KafkaError> {
+        if let Some((code, reason)) = self.consumer.client().fatal_error() {
+            return Err(KafkaError::Fatal(format!("{code:?}: {reason}")));
+        }
+        if let RdError::MessageConsumptionFatal(code) = e {
+            return Err(KafkaError::Fatal(format!("{code:?}")));
+        }
+        warn!(error = %e, "kafka consumer error (retrying)");
+        Ok(())
     }
 
     /// Assignment changes since the last call, oldest first. Kept until taken.

@@ -203,6 +203,16 @@ fn string(name: &str, v: Option<&RawValue>) -> R<String> {
     }
 }
 
+/// The value of JSON string literal `t`: without escapes it is the text between the quotes
+/// (serde_json validated the literal when it split the object), otherwise it is decoded.
+fn json_str<'a>(name: &str, t: &'a str) -> R<std::borrow::Cow<'a, str>> {
+    if t.len() >= 2 && t.ends_with('"') && !t.contains('\\') {
+        Ok(std::borrow::Cow::Borrowed(&t[1..t.len() - 1]))
+    } else {
+        serde_json::from_str(t).map_err(|e| format!("field `{name}`: {e}"))
+    }
+}
+
 /// A JSON string field (optional; null means absent).
 fn opt_string(name: &str, v: Option<&RawValue>) -> R<Option<String>> {
     match v {
@@ -213,9 +223,7 @@ fn opt_string(name: &str, v: Option<&RawValue>) -> R<Option<String>> {
             if !t.starts_with('"') {
                 return Err(format!("field `{name}` must be a string, got {}", kind(t)));
             }
-            let s: std::borrow::Cow<'_, str> =
-                serde_json::from_str(t).map_err(|e| format!("field `{name}`: {e}"))?;
-            Ok(Some(s.trim().to_string()))
+            Ok(Some(json_str(name, t)?.trim().to_string()))
         }
     }
 }
@@ -242,8 +250,7 @@ fn str_sym(name: &str, v: Option<&RawValue>, intern: bool) -> R<Sym> {
     if !t.starts_with('"') {
         return Err(format!("field `{name}` must be a string, got {}", kind(t)));
     }
-    let s: std::borrow::Cow<'_, str> =
-        serde_json::from_str(t).map_err(|e| format!("field `{name}`: {e}"))?;
+    let s = json_str(name, t)?;
     let s = s.trim();
     Ok(if intern {
         Sym::interned(s)

@@ -30,7 +30,10 @@ pub struct Sym(Arc<str>);
 const INTERN_LIMIT: usize = 65_536;
 
 thread_local! {
-    static INTERNED: RefCell<HashMap<Arc<str>, ()>> = RefCell::new(HashMap::new());
+    // foldhash, seeded per process: interning runs for every identifier of every event, and
+    // SipHash was a visible share of parsing.
+    static INTERNED: RefCell<HashMap<Arc<str>, (), foldhash::fast::RandomState>> =
+        RefCell::new(HashMap::default());
 }
 
 impl Sym {
