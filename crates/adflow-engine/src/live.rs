@@ -1106,6 +1106,23 @@ mod tests {
     }
 
     #[test]
+    fn input_time_moves_a_tick_at_a_time_and_never_past_w() {
+        assert_eq!(tick_input_time(0, 100), 0);
+        assert_eq!(tick_input_time(1, 100), 1);
+        assert_eq!(tick_input_time(100, 100), 1);
+        // W just past version 100: it is released at once.
+        assert_eq!(tick_input_time(101, 100), 101);
+        assert_eq!(tick_input_time(250, 100), 201);
+        assert_eq!(tick_input_time(301, 100), 301);
+        for w in 1..1000 {
+            let t = tick_input_time(w, 100);
+            assert!(t <= w && (t - 1) % 100 == 0 && w - t < 100, "w {w} -> {t}");
+        }
+        // A 1 ms tick leaves W as it is.
+        assert_eq!(tick_input_time(12_345, 1), 12_345);
+    }
+
+    #[test]
     fn caught_up_partitions_never_hold_the_watermark() {
         // Two partitions behind: the smaller one holds.
         let p = [part(Some(100_000), false), part(Some(50_000), false)];

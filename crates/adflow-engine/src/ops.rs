@@ -307,6 +307,39 @@ fn push_change(out: &mut Vec<Change>, row: OutputRow, version: i64, r: Diff) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ev(stream: adflow_model::StreamKind, id: &str) -> Event {
+        let line = match stream {
+            adflow_model::StreamKind::AdEvents => format!(
+                r#"{{"type":"impression","event_id":"{id}","ts":1000,"campaign_id":"c","channel":"douyin","device_id":"d"}}"#
+            ),
+            _ => format!(
+                r#"{{"type":"link","event_id":"{id}","ts":1000,"device_id":"d","user_id":"u"}}"#
+            ),
+        };
+        adflow_model::event::parse_event(stream, line.as_bytes(), &Default::default()).unwrap()
+    }
+
+    #[test]
+    fn fingerprints_tell_streams_and_ids_apart_and_agree_across_lengths() {
+        use adflow_model::StreamKind::{AdEvents, Identity};
+        let a = event_fingerprint(&ev(AdEvents, "e1"));
+        assert_eq!(a, event_fingerprint(&ev(AdEvents, "e1")));
+        assert_ne!(a, event_fingerprint(&ev(AdEvents, "e2")));
+        assert_ne!(a, event_fingerprint(&ev(Identity, "e1")));
+        // Ids short enough for the stack buffer and longer ones hash the same bytes the same way.
+        for len in [126, 127, 128, 300] {
+            let id = "x".repeat(len);
+            let e = ev(AdEvents, &id);
+            let mut bytes = vec![AdEvents.index() as u8];
+            bytes.extend_from_slice(id.as_bytes());
+            assert_eq!(
+                event_fingerprint(&e),
+                xxhash_rust::xxh3::xxh3_128(&bytes),
+                "len {len}"
+            );
+        }
+    }
     use differential_dataflow::input::Input;
     use std::sync::{Arc, Mutex};
     use timely::dataflow::operators::Inspect;

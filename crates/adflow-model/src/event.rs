@@ -522,6 +522,19 @@ mod tests {
     }
 
     #[test]
+    fn strings_with_and_without_escapes_decode_alike() {
+        let plain = p(StreamKind::AdEvents, r#"{"type":"impression","event_id":"e1","ts":1000,"campaign_id":" c1 ","channel":"douyin","device_id":"d1"}"#).unwrap();
+        let escaped = p(StreamKind::AdEvents, r#"{"type":"impression","event_id":"\u0065\u0031","ts":1000,"campaign_id":"\u0020c\u0031 ","channel":"dou\u0079in","device_id":"d\u0031"}"#).unwrap();
+        assert_eq!(plain, escaped);
+        let Body::Impression { campaign_id, .. } = &plain.body else {
+            panic!("not an impression")
+        };
+        assert_eq!(campaign_id.as_str(), "c1");
+        // A bad escape is still an error.
+        assert!(p(StreamKind::AdEvents, r#"{"type":"impression","event_id":"e1","ts":1000,"campaign_id":"\uZZZZ","channel":"douyin","device_id":"d1"}"#).is_err());
+    }
+
+    #[test]
     fn parses_every_type() {
         let e = p(StreamKind::AdEvents, r#"{"type":"click","event_id":"e1","ts":1000,"campaign_id":"c1","channel":"douyin","device_id":"d1","cost":12.34,"user_id":"u1"}"#).unwrap();
         assert_eq!(e.ts, 1000);
