@@ -1116,7 +1116,10 @@ mod tests {
         assert_eq!(tick_input_time(301, 100), 301);
         for w in 1..1000 {
             let t = tick_input_time(w, 100);
-            assert!(t <= w && (t - 1) % 100 == 0 && w - t < 100, "w {w} -> {t}");
+            assert!(
+                t <= w && (t - 1).is_multiple_of(100) && w - t < 100,
+                "w {w} -> {t}"
+            );
         }
         // A 1 ms tick leaves W as it is.
         assert_eq!(tick_input_time(12_345, 1), 12_345);
