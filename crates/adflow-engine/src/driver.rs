@@ -283,7 +283,7 @@ pub(crate) fn release_until(
     }
     ev_in.flush();
     dl_in.flush();
-    worker.step_while(|| probe.less_than(&t));
+    worker.step_or_park_while(Some(Duration::from_millis(1)), || probe.less_than(&t));
     while buffers.iter().any(|b| b.borrow().frontier < t) {
         worker.step();
     }
@@ -493,7 +493,10 @@ fn run_worker(
                 history.push_back(*ev_in.time());
                 if history.len() > 4 {
                     if let Some(t) = history.pop_front() {
-                        worker.step_while(|| probe.less_than(&t));
+                        // Park while waiting: a peer's message wakes the worker.
+                        worker.step_or_park_while(Some(Duration::from_millis(1)), || {
+                            probe.less_than(&t)
+                        });
                     }
                 }
                 worker.step();
