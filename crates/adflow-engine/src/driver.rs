@@ -266,6 +266,17 @@ pub(crate) fn deliver(
     Ok(())
 }
 
+/// Steps `worker` until `probe` has passed `t`, parking between steps: a peer's message or
+/// progress wakes it, and a spinning worker would take the core from the peer (or the
+/// consumer threads, or a broker on the same machine) it waits for.
+pub(crate) fn step_until_passed(
+    worker: &mut timely::worker::Worker,
+    probe: &ProbeHandle<Time>,
+    t: Time,
+) {
+    worker.step_or_park_while(Some(Duration::from_millis(1)), || probe.less_than(&t));
+}
+
 /// Moves both inputs to `t` (unless they are there already) and steps `worker` until the
 /// dataflow has processed everything below `t` and the output stages of this worker (`buffers`:
 /// none on a worker that has no sinks) have released it (ready for [`deliver`]).
@@ -283,7 +294,7 @@ pub(crate) fn release_until(
     }
     ev_in.flush();
     dl_in.flush();
-    worker.step_or_park_while(Some(Duration::from_millis(1)), || probe.less_than(&t));
+    step_until_passed(worker, probe, t);
     while buffers.iter().any(|b| b.borrow().frontier < t) {
         worker.step();
     }
@@ -493,10 +504,7 @@ fn run_worker(
                 history.push_back(*ev_in.time());
                 if history.len() > 4 {
                     if let Some(t) = history.pop_front() {
-                        // Park while waiting: a peer's message wakes the worker.
-                        worker.step_or_park_while(Some(Duration::from_millis(1)), || {
-                            probe.less_than(&t)
-                        });
+                        step_until_passed(worker, &probe, t);
                     }
                 }
                 worker.step();

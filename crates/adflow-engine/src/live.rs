@@ -65,7 +65,8 @@
 //! error, so the other processes stop within seconds (shared fate); restart all of them.
 
 use crate::driver::{
-    build_dataflow, deliver, release_until, Built, Ingest, Ingested, RunOptions, RunReport,
+    build_dataflow, deliver, release_until, step_until_passed, Built, Ingest, Ingested, RunOptions,
+    RunReport,
 };
 use crate::live_ctl::{decide_resume, Checkpoint, Ctl, ResumeDecision, SinkPoints};
 use crate::ops::OutputBuffer;
@@ -242,7 +243,6 @@ struct Part {
     caught_up: bool,
 }
 
-/// A worker's local watermark (see the module docs): `None` while it cannot advance.
 /// The input time for watermark `w`: the largest `k·tick + 1 ≤ w`, so that the frontier moves a
 /// whole tick at a time (one round of progress through the dataflow per tick, not one per poll)
 /// and still passes version `k·tick` as soon as W does. Events are placed at their `ts` rounded
@@ -254,6 +254,7 @@ fn tick_input_time(w: Time, tick: Time) -> Time {
     ((w - 1) / tick) * tick + 1
 }
 
+/// A worker's local watermark (see the module docs): `None` while it cannot advance.
 fn local_watermark<'a>(
     parts: impl Iterator<Item = &'a Part>,
     lateness: i64,
@@ -881,10 +882,7 @@ fn run_worker(
         dl_in.flush();
         if history.len() > 4 {
             if let Some(t) = history.pop_front() {
-                // Park while waiting: a peer's message or progress wakes the worker, and a
-                // spinning worker takes the core from the peer (and the consumer threads) it
-                // waits for.
-                worker.step_or_park_while(Some(Duration::from_millis(1)), || probe.less_than(&t));
+                step_until_passed(worker, &probe, t);
             }
         }
         // While running, the source poll above is where the worker waits; once stopping, no

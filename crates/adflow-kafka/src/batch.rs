@@ -81,14 +81,14 @@ impl BatchQueue {
         let max = max.max(1);
         self.buf.clear();
         self.buf.resize(max, std::ptr::null_mut());
-        let mut n = self.take(0);
+        let mut n = self.take(0, max, 0);
         if n == 0 && !timeout.is_zero() {
-            // librdkafka waits for the whole timeout unless the batch fills: ask for one message
-            // first, then take whatever queued behind it.
-            n = self.take_one(timeout);
+            // librdkafka waits for the whole timeout unless the batch fills: wait for one
+            // message, then take whatever queued behind it.
+            let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+            n = self.take(0, 1, ms);
             if n == 1 {
-                let more = self.take_at(1, 0);
-                n += more;
+                n += self.take(1, max - 1, 0);
             }
         }
         for &m in &self.buf[..n] {
@@ -100,24 +100,13 @@ impl BatchQueue {
         }
     }
 
-    fn take(&mut self, timeout_ms: i32) -> usize {
-        self.take_at(0, timeout_ms)
-    }
-
-    fn take_one(&mut self, timeout: Duration) -> usize {
-        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: the buffer has room for one message at index 0.
-        let n =
-            unsafe { rd::rd_kafka_consume_batch_queue(self.queue, ms, self.buf.as_mut_ptr(), 1) };
-        n.max(0) as usize
-    }
-
-    fn take_at(&mut self, at: usize, timeout_ms: i32) -> usize {
-        let room = self.buf.len() - at;
+    /// Takes up to `room` messages into `buf[at..]`, waiting up to `timeout_ms` for the batch.
+    fn take(&mut self, at: usize, room: usize, timeout_ms: i32) -> usize {
+        let room = room.min(self.buf.len() - at);
         if room == 0 {
             return 0;
         }
-        // SAFETY: `buf[at..]` has room for `room` message pointers.
+        // SAFETY: `buf[at..at + room]` is in bounds.
         let n = unsafe {
             rd::rd_kafka_consume_batch_queue(
                 self.queue,

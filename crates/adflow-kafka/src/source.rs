@@ -36,7 +36,7 @@
 use adflow_model::{Position, RawMessage, StreamKind};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError as RdError, KafkaResult};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use std::collections::{BTreeMap, BTreeSet};
@@ -424,17 +424,7 @@ impl KafkaSource {
                     }
                 }
                 Some(Ok(msg)) => {
-                    let rec = Self::record(
-                        &self.config,
-                        &mut self.partitions,
-                        msg.topic(),
-                        msg.partition(),
-                        msg.offset(),
-                        msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                        msg.key().map(<[u8]>::to_vec),
-                        msg.timestamp().to_millis(),
-                        SystemTime::now(),
-                    );
+                    let rec = Self::record_of(&self.config, &mut self.partitions, &msg);
                     out.extend(rec);
                 }
                 Some(Err(e)) => {
@@ -464,17 +454,7 @@ impl KafkaSource {
         );
         match polled {
             Some(Ok(msg)) => {
-                let rec = Self::record(
-                    &self.config,
-                    &mut self.partitions,
-                    msg.topic(),
-                    msg.partition(),
-                    msg.offset(),
-                    msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    msg.key().map(<[u8]>::to_vec),
-                    msg.timestamp().to_millis(),
-                    SystemTime::now(),
-                );
+                let rec = Self::record_of(&self.config, &mut self.partitions, &msg);
                 out.extend(rec);
             }
             Some(Err(e)) => self.consumer_error(e)?,
@@ -503,7 +483,7 @@ impl KafkaSource {
                     let rec = Self::record(
                         &self.config,
                         &mut self.partitions,
-                        &topic,
+                        topic,
                         partition,
                         offset,
                         payload,
@@ -524,13 +504,32 @@ impl KafkaSource {
         Ok(out)
     }
 
+    /// [`KafkaSource::record`] of a message returned by `poll`.
+    fn record_of(
+        config: &KafkaConfig,
+        partitions: &mut BTreeMap<(StreamKind, i32), PartitionStatus>,
+        msg: &BorrowedMessage<'_>,
+    ) -> Option<SourceRecord> {
+        Self::record(
+            config,
+            partitions,
+            msg.topic().to_string(),
+            msg.partition(),
+            msg.offset(),
+            msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            msg.key().map(<[u8]>::to_vec),
+            msg.timestamp().to_millis(),
+            SystemTime::now(),
+        )
+    }
+
     /// A consumed message as a record, its partition's status updated; `None` (logged) for a
     /// topic that is not an input stream.
     #[allow(clippy::too_many_arguments)]
     fn record(
         config: &KafkaConfig,
         partitions: &mut BTreeMap<(StreamKind, i32), PartitionStatus>,
-        topic: &str,
+        topic: String,
         partition: i32,
         offset: i64,
         payload: Vec<u8>,
@@ -538,9 +537,9 @@ impl KafkaSource {
         timestamp_ms: Option<i64>,
         now: SystemTime,
     ) -> Option<SourceRecord> {
-        let Some(stream) = config.stream_of_topic(topic) else {
+        let Some(stream) = config.stream_of_topic(&topic) else {
             warn!(
-                topic,
+                topic = %topic,
                 "message from a topic that is not an input stream; ignored"
             );
             return None;
@@ -561,7 +560,7 @@ impl KafkaSource {
             raw: RawMessage {
                 stream,
                 position: Position::Kafka {
-                    topic: topic.to_string(),
+                    topic,
                     partition,
                     offset,
                 },
