@@ -65,8 +65,7 @@
 //! error, so the other processes stop within seconds (shared fate); restart all of them.
 
 use crate::driver::{
-    build_dataflow, deliver, release_until, step_until_passed, Built, Ingest, Ingested, RunOptions,
-    RunReport,
+    build_dataflow, deliver, release_until, Built, Ingest, Ingested, RunOptions, RunReport,
 };
 use crate::live_ctl::{decide_resume, Checkpoint, Ctl, ResumeDecision, SinkPoints};
 use crate::ops::OutputBuffer;
@@ -295,6 +294,16 @@ fn send(ctl: &mut CtlInput, targets: impl Iterator<Item = u64>, msg: Ctl) {
     let next = *ctl.time() + 1;
     ctl.advance_to(next);
     ctl.flush();
+}
+
+/// Whether a waiting worker must go back to its loop: a stop was requested here, or a message
+/// arrived that other workers may be blocked on until this one answers (a stop, an end) or that
+/// ends the run (a failure).
+fn must_answer(inbox: &[Ctl], shutdown: &AtomicBool) -> bool {
+    shutdown.load(Ordering::SeqCst)
+        || inbox
+            .iter()
+            .any(|m| matches!(m, Ctl::Stop | Ctl::Final { .. } | Ctl::Abort { .. }))
 }
 
 /// The control input of a worker: (target worker, message).
@@ -880,10 +889,23 @@ fn run_worker(
         }
         ev_in.flush();
         dl_in.flush();
-        if history.len() > 4 {
-            if let Some(t) = history.pop_front() {
-                step_until_passed(worker, &probe, t);
+        // Back-pressure: at most a few batches ahead of the frontier. The wait gives way to a
+        // stop or a failure anywhere: a stopping worker holds its input until every worker has
+        // sent its end (so the frontier this worker waits for may only come after it has
+        // answered), and a failed one never moves again.
+        if phase == Phase::Running {
+            while history.len() > 4 {
+                let t = history[0];
+                worker.step_or_park_while(Some(Duration::from_millis(1)), || {
+                    probe.less_than(&t) && !must_answer(&inbox.borrow(), &live.shutdown)
+                });
+                if probe.less_than(&t) {
+                    break;
+                }
+                history.pop_front();
             }
+        } else {
+            history.clear();
         }
         // While running, the source poll above is where the worker waits; once stopping, no
         // source is polled, and a spinning worker would take the cores from the sinks it waits
@@ -1141,6 +1163,138 @@ mod tests {
         assert_eq!(local_watermark(p.iter(), 5_000, 50_000), Some(95_000));
         // No partitions: the wall clock.
         assert_eq!(local_watermark([].iter(), 200, 10_000), Some(9_800));
+    }
+
+    /// A source for one worker: `batches` of impressions at `ts`, then nothing; never caught up.
+    struct Scripted {
+        stream: StreamKind,
+        partition: i32,
+        batches: usize,
+        ts: i64,
+        next: i64,
+        /// Fails its poll from this instant on.
+        fail_at: Option<Instant>,
+    }
+
+    impl LiveSource for Scripted {
+        fn partitions(&self) -> Vec<(StreamKind, i32)> {
+            vec![(self.stream, self.partition)]
+        }
+        fn poll(
+            &mut self,
+            _max: usize,
+            wait: Duration,
+        ) -> Result<Vec<(RawMessage, Option<i64>)>, EngineError> {
+            if self.fail_at.is_some_and(|t| t.elapsed() > Duration::ZERO) {
+                return Err(EngineError::Source("the broker went away".into()));
+            }
+            if self.batches == 0 {
+                std::thread::sleep(wait);
+                return Ok(Vec::new());
+            }
+            self.batches -= 1;
+            let offset = self.next;
+            self.next += 1;
+            // Each batch a tick later: the worker's input time moves with every batch.
+            let ts = self.ts + offset * 1_000;
+            let payload = format!(
+                r#"{{"type":"impression","event_id":"e{offset}","ts":{ts},"campaign_id":"c","channel":"douyin","device_id":"d"}}"#
+            );
+            Ok(vec![(
+                RawMessage {
+                    stream: self.stream,
+                    position: Position::Kafka {
+                        topic: "ad_events".into(),
+                        partition: self.partition,
+                        offset,
+                    },
+                    payload: payload.into_bytes(),
+                },
+                None,
+            )])
+        }
+        fn commit(&mut self, _offsets: &[(StreamKind, i32, i64)]) -> Result<(), EngineError> {
+            Ok(())
+        }
+        fn caught_up(&mut self, _stream: StreamKind, _partition: i32) -> bool {
+            false
+        }
+    }
+
+    struct Nothing;
+
+    impl Program for Nothing {
+        fn build<'s>(
+            &self,
+            _events: crate::Col<'s, adflow_model::event::Event>,
+            _settings: &adflow_model::config::Settings,
+        ) -> Result<Vec<crate::Col<'s, crate::OutRec>>, String> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Runs two workers: worker 0 reads 50 batches, a second apart in event time, worker 1's
+    /// partition never delivers (so it holds the frontier and worker 0's back-pressure waits);
+    /// worker 1 fails at `fail_at`, or the run is told to stop after 500 ms. Returns the run's
+    /// result, or `None` if it did not end within 20 s.
+    fn run_held_back(fail_at: Option<Instant>) -> Option<Result<u64, EngineError>> {
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let sources: LiveSourceFactory = Arc::new(move |index, _peers| {
+            Ok(Box::new(Scripted {
+                stream: StreamKind::AdEvents,
+                partition: index as i32,
+                batches: if index == 0 { 50 } else { 0 },
+                ts: 1_700_000_000_000,
+                next: 0,
+                fail_at: if index == 1 { fail_at } else { None },
+            }) as Box<dyn LiveSource>)
+        });
+        let mut settings = adflow_model::config::Settings::default();
+        settings.state_retention = adflow_model::config::Millis(3_650 * 86_400_000);
+        let opts = RunOptions::new(2, settings).unwrap();
+        let live = LiveOptions {
+            idle_timeout: Duration::from_secs(1),
+            commit_interval: Duration::from_millis(100),
+            exit_when_idle: None,
+            shutdown: shutdown.clone(),
+            measure_latency: false,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = run_live(
+                Arc::new(Nothing),
+                sources,
+                LiveSinks::default(),
+                opts,
+                live,
+                ClusterSpec::single(),
+            );
+            let _ = tx.send(r.map(|r| r.messages));
+        });
+        if fail_at.is_none() {
+            std::thread::sleep(Duration::from_millis(500));
+            shutdown.store(true, Ordering::SeqCst);
+        }
+        rx.recv_timeout(Duration::from_secs(20)).ok()
+    }
+
+    /// A stop ends the run while worker 0 waits for the frontier worker 1 holds back: worker 1
+    /// stops and waits for worker 0's end, which worker 0 must send from its wait.
+    #[test]
+    fn a_stop_ends_the_run_while_a_worker_waits_for_the_frontier() {
+        let r = run_held_back(None).expect("the run did not stop within 20 s of the stop request");
+        // It stopped while waiting: back-pressure held worker 0 a few batches ahead.
+        let read = r.unwrap();
+        assert!((5..50).contains(&read), "read {read} messages");
+    }
+
+    /// A worker that fails while another waits for the frontier stops the run with its error.
+    #[test]
+    fn a_failure_ends_the_run_while_a_worker_waits_for_the_frontier() {
+        let r = run_held_back(Some(Instant::now() + Duration::from_millis(500)))
+            .expect("the run did not end within 20 s of a worker's failure");
+        let e = r.expect_err("a failed worker must fail the run");
+        assert!(e.to_string().contains("the broker went away"), "{e}");
     }
 
     #[test]
