@@ -1249,8 +1249,10 @@ mod tests {
                 fail_at: if index == 1 { fail_at } else { None },
             }) as Box<dyn LiveSource>)
         });
-        let mut settings = adflow_model::config::Settings::default();
-        settings.state_retention = adflow_model::config::Millis(3_650 * 86_400_000);
+        let settings = adflow_model::config::Settings {
+            state_retention: adflow_model::config::Millis(3_650 * 86_400_000),
+            ..Default::default()
+        };
         let opts = RunOptions::new(2, settings).unwrap();
         let live = LiveOptions {
             idle_timeout: Duration::from_secs(1),
