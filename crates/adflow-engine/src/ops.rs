@@ -1,6 +1,6 @@
 //! Engine operators: deduplication, timers (future-dated updates), expiry, and the output stage.
 
-use crate::{Col, Diff, OutRec, Time};
+use crate::{to_time, Col, Diff, OutRec, Time};
 use adflow_model::event::Event;
 use adflow_model::{Change, OutputRow};
 use differential_dataflow::collection::AsCollection;
@@ -151,11 +151,27 @@ pub struct DedupStats {
     pub tracked: u64,
 }
 
-/// Drops duplicate events: a second event with the same stream and `event_id` is ignored until
-/// the watermark passes `horizon` beyond the largest event time seen when the first copy arrived.
-/// For in-order input that is "within `horizon` of event time"; for replays and shuffled input,
-/// where the watermark barely moves, redeliveries keep being caught. State is bounded: a key is
-/// forgotten once the watermark is `horizon` past the time it was recorded at.
+/// Drops duplicate events: a second event with the same stream and `event_id` is ignored while
+/// its key is remembered.
+///
+/// # How long a key is remembered
+/// A key is recorded at the largest logical time this operator has seen so far (the first
+/// copy's, or later), and forgotten once the operator's **progress** is `horizon` past that.
+/// Progress is the smaller of
+/// * the input frontier (the watermark: everything earlier has arrived), and
+/// * the operator's event clock: the largest `ts` of the events it has seen.
+///
+/// Recording at the largest time seen keeps catching redeliveries where the watermark barely
+/// moves once it has jumped (a shuffled file) or where workers progress unevenly (the frontier
+/// is the slowest one's). The event clock keeps the watermark from forgetting what it has not
+/// earned by events: once every live source is caught up, the watermark follows the wall clock
+/// (spec §2), which for a replay of old topics is a jump of months; a watermark-only expiry
+/// would forget every key at that jump and count a redelivery arriving just after it. So a copy
+/// that arrives less than `horizon` of event time after its original (counted in the events
+/// that arrived since, as spec §1 reads "seen within the dedup horizon") is always caught.
+/// State stays bounded: in a live run both are about the present, so a key lives about
+/// `horizon`; keys recorded while old events arrive after the watermark has caught up with the
+/// wall clock wait until current events move the clock.
 ///
 /// Events are exchanged by a hash of (stream, event_id), so copies meet on one worker.
 pub fn dedup<'s>(
@@ -170,11 +186,7 @@ pub fn dedup<'s>(
             "Dedup",
             move |_, _| {
                 let mut seen = FingerprintSet::default();
-                // Keys by the logical time they were recorded at (the first copy's time).
-                let mut by_time: BTreeMap<Time, Vec<u128>> = BTreeMap::new();
-                // The largest logical time seen so far: keys are recorded at it, so a replay or a
-                // shuffled file (where the watermark barely moves) keeps catching redeliveries.
-                let mut high: Time = 0;
+                let mut keys = DedupKeys::new(horizon);
                 move |(input, frontier), output| {
                     let now = frontier
                         .frontier()
@@ -191,25 +203,61 @@ pub fn dedup<'s>(
                                 st.duplicates += 1;
                                 continue;
                             }
-                            high = high.max(t);
-                            by_time.entry(high).or_default().push(key);
+                            keys.record(key, t, to_time(e.ts));
                             session.give((e, t, r));
                         }
                     });
-                    // Forget keys recorded at or before `now − horizon`.
-                    if now >= horizon {
-                        let keep = by_time.split_off(&(now - horizon + 1));
-                        for (_, keys) in std::mem::replace(&mut by_time, keep) {
-                            for k in keys {
-                                seen.remove(&k);
-                            }
-                        }
+                    for k in keys.expire(now) {
+                        seen.remove(&k);
                     }
                     st.tracked = seen.len() as u64;
                 }
             },
         )
         .as_collection()
+}
+
+/// A dedup operator's keys by the time they were recorded at, and its event clock (see
+/// [`dedup`]).
+#[derive(Debug)]
+pub(crate) struct DedupKeys {
+    horizon: Time,
+    /// The largest logical time seen: keys are recorded at it.
+    high: Time,
+    /// The largest event `ts` seen.
+    clock: Time,
+    by_time: BTreeMap<Time, Vec<u128>>,
+}
+
+impl DedupKeys {
+    pub(crate) fn new(horizon: Time) -> DedupKeys {
+        DedupKeys {
+            horizon,
+            high: 0,
+            clock: 0,
+            by_time: BTreeMap::new(),
+        }
+    }
+
+    /// Records `key` of an event at logical time `t` with event time `ts`.
+    pub(crate) fn record(&mut self, key: u128, t: Time, ts: Time) {
+        self.high = self.high.max(t);
+        self.clock = self.clock.max(ts);
+        self.by_time.entry(self.high).or_default().push(key);
+    }
+
+    /// Removes and returns the keys recorded at or before `progress − horizon`, where progress
+    /// is the smaller of `frontier` and the event clock.
+    pub(crate) fn expire(&mut self, frontier: Time) -> impl Iterator<Item = u128> {
+        let progress = frontier.min(self.clock);
+        let old = if progress < self.horizon {
+            BTreeMap::new()
+        } else {
+            let keep = self.by_time.split_off(&(progress - self.horizon + 1));
+            std::mem::replace(&mut self.by_time, keep)
+        };
+        old.into_values().flatten()
+    }
 }
 
 /// Changes released by the output stage, waiting for the driver to hand them to the sinks.
@@ -340,6 +388,35 @@ mod tests {
             );
         }
     }
+    #[test]
+    fn dedup_keys_expire_by_the_slower_of_frontier_and_event_clock() {
+        let h = 3_600_000;
+        let t0 = 1_700_000_000_000;
+        let mut k = DedupKeys::new(h);
+        k.record(1, t0, t0);
+        // The watermark jumps years ahead (a caught-up replay follows the wall clock): events
+        // have not moved the clock, so key 1 stays; late events are placed at the watermark.
+        let wall = t0 + 60_000_000_000;
+        assert_eq!(k.expire(wall).count(), 0);
+        k.record(2, wall, t0 + 1_000);
+        assert_eq!(k.expire(wall).count(), 0);
+        // An hour of events later, key 1 goes; key 2 was recorded at the wall clock.
+        k.record(3, wall, t0 + h);
+        assert_eq!(k.expire(wall).collect::<Vec<_>>(), vec![1]);
+        // Keys are recorded at the largest time seen (key 2 at t0 + 10 h, not t0) and stay
+        // until both the frontier and the event clock are an hour past it.
+        let mut k = DedupKeys::new(h);
+        k.record(1, t0 + 10 * h, t0 + 10 * h);
+        k.record(2, t0, t0);
+        assert_eq!(k.expire(t0 + 10 * h).count(), 0);
+        // The frontier is, the clock is not yet.
+        assert_eq!(k.expire(t0 + 11 * h).count(), 0);
+        k.record(3, t0 + 11 * h, t0 + 11 * h);
+        let mut gone: Vec<u128> = k.expire(t0 + 11 * h).collect();
+        gone.sort();
+        assert_eq!(gone, vec![1, 2]);
+    }
+
     use differential_dataflow::input::Input;
     use std::sync::{Arc, Mutex};
     use timely::dataflow::operators::Inspect;
