@@ -246,6 +246,10 @@ pub(crate) fn cmd_run_kafka(args: RunArgs) -> Result<()> {
 
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // The first signal stops cleanly; a second one while stopping exits at once (130),
+        // without the final checkpoint (the restart resumes from the last committed one).
+        signal_hook::flag::register_conditional_shutdown(sig, 130, shutdown.clone())
+            .context("installing signal handler")?;
         signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handler")?;
     }
     let live = LiveOptions {
@@ -256,6 +260,7 @@ pub(crate) fn cmd_run_kafka(args: RunArgs) -> Result<()> {
             .map(|s| Duration::from_secs_f64(s.max(0.0))),
         shutdown,
         measure_latency: args.latency,
+        stop_stall: Duration::from_millis(ks.stop_stall_timeout.0 as u64),
     };
     let opts = RunOptions::new(args.workers, settings)?;
     let kcfg = config.clone();

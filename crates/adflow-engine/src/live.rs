@@ -122,6 +122,12 @@ pub struct LiveOptions {
     /// Measure the latency from each message's produce timestamp until the global frontier
     /// has passed its effects (benchmarks; costs a map entry per message).
     pub measure_latency: bool,
+    /// Once stopping, fail (non-zero exit, every worker) when nothing has moved for this long:
+    /// no frontier progress, nothing handed to a sink, no round prepared or committed. A stop
+    /// that works through a backlog keeps moving and is never cut short; a stop that cannot
+    /// finish (a lost condition, a sink that never comes back) ends with a clear error instead
+    /// of a hang. Nothing is lost: the restart resumes from the last committed round.
+    pub stop_stall: Duration,
 }
 
 /// The cluster this process belongs to.
@@ -308,6 +314,9 @@ fn must_answer(inbox: &[Ctl], shutdown: &AtomicBool) -> bool {
 
 /// The control input of a worker: (target worker, message).
 type CtlInput = InputSession<Time, (u64, Ctl), Diff>;
+/// What a stopping worker watches for progress: frontier, committed frontier, handed per
+/// output group, rounds to prepare, round in flight.
+type StopState = (Time, Time, Vec<i64>, usize, Option<u64>);
 /// Read marks as sent in a [`Ctl::Marks`]: (stream, partition, mark).
 type ReadList = Vec<(String, i32, i64)>;
 
@@ -656,6 +665,9 @@ fn run_worker(
     let mut last_log = Instant::now();
     let mut max_read: Option<i64> = None;
     let mut phase = Phase::Running;
+    // While stopping: what was last seen moving, and when (see `LiveOptions::stop_stall`).
+    let mut stop_state: Option<StopState> = None;
+    let mut stop_moved = Instant::now();
 
     // Checkpoint state.
     let mut permit: Time = 0;
@@ -1062,6 +1074,29 @@ fn run_worker(
                 );
             }
         }
+        if phase != Phase::Running {
+            let now_state = (
+                frontier,
+                committed_at,
+                handed.clone(),
+                to_prepare.len(),
+                in_flight,
+            );
+            if stop_state.as_ref() != Some(&now_state) {
+                stop_state = Some(now_state);
+                stop_moved = Instant::now();
+            } else if stop_moved.elapsed() >= live.stop_stall {
+                return Err(EngineError::Source(format!(
+                    "the stop made no progress for {:?} (frontier {frontier}, end {:?}, committed {committed_at}, permit {permit}, handed {handed:?}, round in flight {in_flight:?}, rounds to prepare {}); exiting without the final checkpoint: a restart resumes from the last committed one",
+                    live.stop_stall,
+                    match phase {
+                        Phase::Ending(end) => Some(end),
+                        _ => None,
+                    },
+                    to_prepare.len(),
+                )));
+            }
+        }
         if let Phase::Ending(end) = phase {
             if committed_at >= end {
                 break;
@@ -1260,6 +1295,7 @@ mod tests {
             exit_when_idle: None,
             shutdown: shutdown.clone(),
             measure_latency: false,
+            stop_stall: Duration::from_secs(60),
         };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -145,6 +145,10 @@ pub struct KafkaSettings {
     pub idle_timeout: Millis,
     /// How often sinks are flushed and offsets committed (default 1 s).
     pub commit_interval: Millis,
+    /// Once a stop (signal, `--exit-when-idle`) has begun, how long nothing may move (no
+    /// frontier progress, nothing handed to a sink, no checkpoint round) before the run gives
+    /// up on its final checkpoint and exits with an error (default 120 s).
+    pub stop_stall_timeout: Millis,
     /// Extra librdkafka properties (security, timeouts, ...), passed through as they are.
     /// Keys adflow manages itself (group, auto-commit, offsets, ...) are rejected.
     pub properties: std::collections::BTreeMap<String, String>,
@@ -158,6 +162,7 @@ impl Default for KafkaSettings {
             group_id: "adflow".into(),
             idle_timeout: Millis(10 * SECOND),
             commit_interval: Millis(SECOND),
+            stop_stall_timeout: Millis(120 * SECOND),
             properties: Default::default(),
         }
     }
@@ -219,6 +224,7 @@ impl Settings {
             ("tick", self.tick),
             ("kafka.idle_timeout", self.kafka.idle_timeout),
             ("kafka.commit_interval", self.kafka.commit_interval),
+            ("kafka.stop_stall_timeout", self.kafka.stop_stall_timeout),
         ] {
             if v.0 <= 0 {
                 return bad(format!("{name} must be positive"));
