@@ -15,7 +15,8 @@
 # passing its effects). A version is an event time rounded up to the tick, so the sampled
 # figure plus the tick bounds the true "event ts -> visible" from above; it is reported with the
 # tick added. Reported: p50 / p99 / max, p99 of the first and the second half of the run
-# (growing = not sustainable), consumed rate, CPU seconds and peak RSS of the adflow processes.
+# (growing = not sustainable), consumed rate, CPU seconds (total, and per process in a cluster)
+# and peak RSS of the adflow processes.
 #
 # Knobs: RATES (events/s, 0 = unthrottled: the producer at 1M/s), DURATION (s), LAYOUTS
 # ("1x2 2x1"), USERS, CLICKHOUSE (1/0), TICK, LATENESS, COMMIT.
@@ -127,6 +128,13 @@ run_one() {
     local consumed cpu rss eng
     consumed=$(cat "$dir"/run*.err | grep -o 'run --kafka: [0-9]* messages' | awk '{s+=$3} END {print s+0}' || true)
     cpu=$(cat "$dir"/run*.err | awk -F': ' '/User time|System time/ {s+=$2} END {printf "%.0f", s}')
+    # Per process (process 0 first): with ClickHouse, process 0's worker 0 writes the whole
+    # cluster's output; a process 0 far above the others would be the funnel's bottleneck.
+    local per=""
+    for i in $(seq 0 $((n - 1))); do
+        per+="$(awk -F': ' '/User time|System time/ {s+=$2} END {printf "%.0f", s}' "$dir/run$i.err")+"
+    done
+    [ "$n" -gt 1 ] && cpu="$cpu(${per%+})"
     rss=$(cat "$dir"/run*.err | awk -F': ' '/Maximum resident/ {s+=$2} END {printf "%.0f", s/1024}')
     eng=$(cat "$dir"/run*.err | grep -o 'p50 [0-9]* ms, p99 [0-9]* ms, max [0-9]* ms' | head -1 | tr -dc '0-9 ' | awk '{print $1"/"$2"/"$3}' || true)
     printf '%-6s %-8s %-9s %-22s %-22s %-20s %-12s %-8s %-9s\n' "$layout" "$offered" \

@@ -483,6 +483,13 @@ fn live_worker(
     }
     worker.drop_dataflow(ctl_id);
     drop(ctl);
+    if r.is_err() {
+        // timely keeps a worker stepping until its dataflows complete, which a failed run's
+        // never do (its operators hold capabilities): drop them, so the thread ends.
+        for id in worker.installed_dataflows() {
+            worker.drop_dataflow(id);
+        }
+    }
     r
 }
 
@@ -1273,6 +1280,15 @@ mod tests {
     /// worker 1 fails at `fail_at`, or the run is told to stop after 500 ms. Returns the run's
     /// result, or `None` if it did not end within 20 s.
     fn run_held_back(fail_at: Option<Instant>) -> Option<Result<u64, EngineError>> {
+        run_scripted(Arc::new(Nothing), fail_at, Duration::from_secs(60))
+    }
+
+    /// [`run_held_back`] with another program and stall timeout.
+    fn run_scripted(
+        program: Arc<dyn Program>,
+        fail_at: Option<Instant>,
+        stop_stall: Duration,
+    ) -> Option<Result<u64, EngineError>> {
         let shutdown = Arc::new(AtomicBool::new(false));
         let sources: LiveSourceFactory = Arc::new(move |index, _peers| {
             Ok(Box::new(Scripted {
@@ -1295,12 +1311,12 @@ mod tests {
             exit_when_idle: None,
             shutdown: shutdown.clone(),
             measure_latency: false,
-            stop_stall: Duration::from_secs(60),
+            stop_stall,
         };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let r = run_live(
-                Arc::new(Nothing),
+                program,
                 sources,
                 LiveSinks::default(),
                 opts,
@@ -1314,6 +1330,41 @@ mod tests {
             shutdown.store(true, Ordering::SeqCst);
         }
         rx.recv_timeout(Duration::from_secs(20)).ok()
+    }
+
+    /// A program whose output never makes progress: an operator holds its first capability.
+    struct Stuck;
+
+    impl Program for Stuck {
+        fn build<'s>(
+            &self,
+            events: crate::Col<'s, adflow_model::event::Event>,
+            _settings: &adflow_model::config::Settings,
+        ) -> Result<Vec<crate::Col<'s, crate::OutRec>>, String> {
+            use differential_dataflow::AsCollection;
+            type Cb = timely::container::CapacityContainerBuilder<Vec<(crate::OutRec, Time, Diff)>>;
+            let held = timely::dataflow::operators::generic::operator::source::<_, Cb, _, _>(
+                events.scope(),
+                "Hold",
+                |cap, _info| {
+                    let cap = Some(cap);
+                    move |_output| {
+                        let _ = &cap;
+                    }
+                },
+            );
+            Ok(vec![held.as_collection()])
+        }
+    }
+
+    /// A stop that cannot finish (the frontier never reaches the end) ends with an error after
+    /// the stall timeout instead of waiting forever.
+    #[test]
+    fn a_stop_that_makes_no_progress_fails_after_the_stall_timeout() {
+        let r = run_scripted(Arc::new(Stuck), None, Duration::from_secs(1))
+            .expect("the stalled stop did not end within 20 s");
+        let e = r.expect_err("a stalled stop must fail the run");
+        assert!(e.to_string().contains("the stop made no progress"), "{e}");
     }
 
     /// A stop ends the run while worker 0 waits for the frontier worker 1 holds back: worker 1
