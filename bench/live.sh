@@ -136,7 +136,7 @@ run_one() {
     done
     [ "$n" -gt 1 ] && cpu="$cpu(${per%+})"
     rss=$(cat "$dir"/run*.err | awk -F': ' '/Maximum resident/ {s+=$2} END {printf "%.0f", s/1024}')
-    eng=$(cat "$dir"/run*.err | grep -o 'p50 [0-9]* ms, p99 [0-9]* ms, max [0-9]* ms' | head -1 | tr -dc '0-9 ' | awk '{print $1"/"$2"/"$3}' || true)
+    eng=$(cat "$dir"/run*.err | grep -o 'p50 [0-9]* ms, p99 [0-9]* ms, max [0-9]* ms' | head -1 | sed -E 's/p50 ([0-9]+) ms, p99 ([0-9]+) ms, max ([0-9]+) ms/\1\/\2\/\3/' || true)
     printf '%-6s %-8s %-9s %-22s %-22s %-20s %-12s %-8s %-9s\n' "$layout" "$offered" \
         "$(( consumed / DURATION ))/s" "$(pct "$dir/file.lat" | tr ' ' /)" \
         "$( [ -n "$CH" ] && pct "$dir/ch.lat" | tr ' ' / || echo -)" "${eng:--}" \

@@ -204,7 +204,8 @@ fn cluster_spec(args: &RunArgs) -> Result<ClusterSpec> {
 
 /// `adflow run --kafka ...`.
 pub(crate) fn cmd_run_kafka(args: RunArgs) -> Result<()> {
-    let settings = load_settings(args.config.as_ref())?;
+    // Live defaults for tick and allowed lateness (freshness; final contents are the same).
+    let settings = load_settings(args.config.as_ref())?.for_live();
     let ks = settings.kafka.clone();
     let brokers = args.kafka.clone().unwrap_or_default();
     let mut config = KafkaConfig::new(if brokers.is_empty() {

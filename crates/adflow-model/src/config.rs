@@ -86,10 +86,12 @@ pub struct Settings {
     /// Models emitted (default all five). `last_click` is always computed because
     /// `order_status` and `campaign_metrics` use it, but only emitted when listed.
     pub models: Vec<Model>,
-    /// Allowed lateness: the watermark trails the largest seen `ts` by this much (default 5 s).
+    /// Allowed lateness: the watermark trails the largest seen `ts` by this much (default 5 s;
+    /// live mode 300 ms unless set, see [`Settings::for_live`]).
     pub allowed_lateness: Millis,
     /// Dedup horizon (default 1 hour): a second event with the same stream and `event_id` is
-    /// ignored while the watermark has advanced less than this since the first copy arrived.
+    /// ignored until both the watermark and the largest event `ts` seen have advanced this
+    /// much past the largest time seen when the first copy arrived.
     pub dedup_horizon: Millis,
     /// Stall threshold for `stalled_parcel` (default 24 h).
     pub stall_threshold: Millis,
@@ -118,7 +120,7 @@ pub struct Settings {
     /// rows whose inputs expire are frozen (the expiry is not written as a retraction); input
     /// events older than `watermark − state_retention` are rejected to `dead_letters`.
     pub state_retention: Millis,
-    /// Engine tick (default 1 s): input events take effect at their `ts` rounded up to a
+    /// Engine tick (default 1 s; live mode 100 ms unless set, see [`Settings::for_live`]): input events take effect at their `ts` rounded up to a
     /// multiple of the tick, so all changes a tick causes to one row consolidate into one
     /// retraction and one insertion. Timers keep their exact times. `"1ms"` gives per-millisecond
     /// versions.
@@ -128,7 +130,25 @@ pub struct Settings {
     pub phone_secret_env: String,
     /// `[kafka]`: the live source (`adflow run --kafka`); command-line flags override it.
     pub kafka: KafkaSettings,
+    /// Which settings the file gave explicitly (see [`Settings::for_live`]).
+    #[serde(skip)]
+    pub given: Given,
 }
+
+/// The settings a settings file gave explicitly, where file and live mode have different
+/// defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Given {
+    pub tick: bool,
+    pub allowed_lateness: bool,
+}
+
+/// Live mode's default engine tick (file mode: 1 s), chosen for freshness: see
+/// [`Settings::for_live`].
+pub const LIVE_TICK: Millis = Millis(100);
+/// Live mode's default allowed lateness (file mode and spec §5: 5 s), chosen for freshness:
+/// once caught up, W = now − lateness, so nothing is released sooner than this after its `ts`.
+pub const LIVE_ALLOWED_LATENESS: Millis = Millis(300);
 
 /// The `[kafka]` table of the settings file. See `docs/kafka.md`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -191,6 +211,7 @@ impl Default for Settings {
             tick: Millis(SECOND),
             phone_secret_env: "ADFLOW_PHONE_SECRET".into(),
             kafka: KafkaSettings::default(),
+            given: Given::default(),
         }
     }
 }
@@ -205,10 +226,30 @@ pub enum SettingsError {
 impl Settings {
     /// Parses settings from TOML text; missing fields keep their defaults.
     pub fn from_toml(text: &str) -> Result<Settings, SettingsError> {
-        let s: Settings =
+        let mut s: Settings =
             toml::from_str(text).map_err(|e| SettingsError::Invalid(e.to_string()))?;
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| SettingsError::Invalid(e.to_string()))?;
+        s.given.tick = table.contains_key("tick");
+        s.given.allowed_lateness = table.contains_key("allowed_lateness");
         s.validate()?;
         Ok(s)
+    }
+
+    /// These settings for live mode: `tick` and `allowed_lateness` that the settings file does
+    /// not set take the live defaults ([`LIVE_TICK`], [`LIVE_ALLOWED_LATENESS`]) instead of the
+    /// file-mode ones. Final table contents do not depend on either (events take effect at
+    /// their exact `ts` rounded to the tick, late events are applied exactly); they decide how
+    /// soon a change is released (freshness) and how many intermediate versions a row goes
+    /// through (a smaller tick consolidates less: more output changes for a replay).
+    pub fn for_live(mut self) -> Settings {
+        if !self.given.tick {
+            self.tick = LIVE_TICK;
+        }
+        if !self.given.allowed_lateness {
+            self.allowed_lateness = LIVE_ALLOWED_LATENESS;
+        }
+        self
     }
 
     /// Checks ranges and formats.
@@ -299,5 +340,32 @@ mod tests {
         assert_eq!(s.kafka.properties["security.protocol"], "SSL");
         assert!(Settings::from_toml("[kafka]\nbogus = 1\n").is_err());
         assert!(Settings::from_toml("[kafka]\nidle_timeout = \"0s\"\n").is_err());
+    }
+
+    #[test]
+    fn live_mode_defaults_apply_only_where_the_file_is_silent() {
+        let s = Settings::from_toml("").unwrap().for_live();
+        assert_eq!(
+            (s.tick, s.allowed_lateness),
+            (LIVE_TICK, LIVE_ALLOWED_LATENESS)
+        );
+        let s = Settings::from_toml("tick = \"1s\"\n").unwrap().for_live();
+        assert_eq!(
+            (s.tick, s.allowed_lateness),
+            (Millis(SECOND), LIVE_ALLOWED_LATENESS)
+        );
+        let s = Settings::from_toml("allowed_lateness = \"5s\"\n")
+            .unwrap()
+            .for_live();
+        assert_eq!(
+            (s.tick, s.allowed_lateness),
+            (LIVE_TICK, Millis(5 * SECOND))
+        );
+        // File mode keeps the spec's defaults.
+        let s = Settings::from_toml("").unwrap();
+        assert_eq!(
+            (s.tick, s.allowed_lateness),
+            (Millis(SECOND), Millis(5 * SECOND))
+        );
     }
 }
