@@ -77,3 +77,42 @@ fn file_mode_matches_the_reference_for_1_and_2_workers_and_shuffled_input() {
     b.remove(&adflow_model::Table::DeadLetters);
     assert_eq!(a, b);
 }
+
+/// A sink that fails (its file is `/dev/full`: every write is "no space left") on a 2-worker
+/// run stops every worker: the run exits non-zero with the sink's error, never hangs (it used
+/// to: worker 0 failed, the other waited for it forever).
+#[test]
+fn a_sink_error_with_two_workers_ends_the_run_with_the_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    generate(&input, 3, 200, 2);
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::os::unix::fs::symlink("/dev/full", out.join("campaign_metrics.jsonl")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adflow"))
+        .args(["run", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&out)
+        .args(["--workers", "2"])
+        .env("ADFLOW_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn adflow");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("adflow run did not end within 60 s of a sink error");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+}

@@ -266,20 +266,10 @@ pub(crate) fn deliver(
     Ok(())
 }
 
-/// Steps `worker` until `probe` has passed `t`, parking between steps: a peer's message or
-/// progress wakes it, and a spinning worker would take the core from the peer (or the
-/// consumer threads, or a broker on the same machine) it waits for.
-pub(crate) fn step_until_passed(
-    worker: &mut timely::worker::Worker,
-    probe: &ProbeHandle<Time>,
-    t: Time,
-) {
-    worker.step_or_park_while(Some(Duration::from_millis(1)), || probe.less_than(&t));
-}
-
 /// Moves both inputs to `t` (unless they are there already) and steps `worker` until the
 /// dataflow has processed everything below `t` and the output stages of this worker (`buffers`:
-/// none on a worker that has no sinks) have released it (ready for [`deliver`]).
+/// none on a worker that has no sinks) have released it (ready for [`deliver`]), or until
+/// `give_up` says so (another worker failed).
 pub(crate) fn release_until(
     worker: &mut timely::worker::Worker,
     ev_in: &mut InputSession<Time, Event, Diff>,
@@ -287,6 +277,7 @@ pub(crate) fn release_until(
     probe: &ProbeHandle<Time>,
     buffers: &[Rc<RefCell<OutputBuffer>>],
     t: Time,
+    give_up: &dyn Fn() -> bool,
 ) {
     if t > *ev_in.time() {
         ev_in.advance_to(t);
@@ -294,8 +285,10 @@ pub(crate) fn release_until(
     }
     ev_in.flush();
     dl_in.flush();
-    step_until_passed(worker, probe, t);
-    while buffers.iter().any(|b| b.borrow().frontier < t) {
+    worker.step_or_park_while(Some(Duration::from_millis(1)), || {
+        probe.less_than(&t) && !give_up()
+    });
+    while buffers.iter().any(|b| b.borrow().frontier < t) && !give_up() {
         worker.step();
     }
 }
@@ -310,16 +303,60 @@ pub fn run(
 ) -> Result<RunReport, EngineError> {
     let sinks: SharedSinks = Arc::new(Mutex::new(Some(sinks)));
     let config = timely::Config::process(opts.workers);
+    // The first failure of any worker (file mode runs in one process): every other worker's
+    // wait gives way to it, so the run ends with that error instead of waiting for a worker
+    // that is gone.
+    let failed: Failure = Arc::new(Mutex::new(None));
     let guards = timely::execute(config, move |worker| {
-        run_worker(worker, program.as_ref(), &sources, &sinks, &opts)
+        let r = run_worker(worker, program.as_ref(), &sources, &sinks, &opts, &failed);
+        if let Err(e) = &r {
+            if !matches!(e, EngineError::PeerFailed(..)) {
+                tracing::error!(worker = worker.index(), error = %e, "worker failed; stopping the run");
+                let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+                f.get_or_insert((worker.index() as u64, e.to_string()));
+            }
+            // timely keeps stepping a worker's dataflows until they complete, which a failed
+            // run's never do: drop them, so the thread ends.
+            for id in worker.installed_dataflows() {
+                worker.drop_dataflow(id);
+            }
+        }
+        r
     })
     .map_err(EngineError::Timely)?;
     let mut total = RunReport::default();
+    let mut first_err = None;
     for r in guards.join() {
-        let r = r.map_err(EngineError::Timely)??;
-        total.add(&r);
+        match r.map_err(EngineError::Timely) {
+            Ok(Ok(r)) => total.add(&r),
+            Ok(Err(e)) | Err(e) => {
+                // A worker's own error beats the "another worker failed" of the others.
+                if matches!(first_err, None | Some(EngineError::PeerFailed(..))) {
+                    first_err = Some(e);
+                }
+            }
+        }
     }
-    Ok(total)
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
+}
+
+/// The first failure of a file-mode run: (worker, error).
+type Failure = Arc<Mutex<Option<(u64, String)>>>;
+
+/// `Err(PeerFailed)` once another worker of the run has failed.
+fn check_peers(failed: &Failure) -> Result<(), EngineError> {
+    match &*failed.lock().unwrap_or_else(|p| p.into_inner()) {
+        Some((w, m)) => Err(EngineError::PeerFailed(*w, m.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Whether another worker of the run has failed (cheap enough for a wait's condition).
+fn peer_failed(failed: &Failure) -> bool {
+    failed.lock().map(|f| f.is_some()).unwrap_or(true)
 }
 
 /// The handles of a built dataflow.
@@ -425,6 +462,7 @@ fn run_worker(
     sources: &SourceFactory,
     sinks: &SharedSinks,
     opts: &RunOptions,
+    failed: &Failure,
 ) -> Result<RunReport, EngineError> {
     let index = worker.index();
     let peers = worker.peers();
@@ -469,6 +507,7 @@ fn run_worker(
     let mut handed = i64::MIN;
 
     loop {
+        check_peers(failed)?;
         match source.poll(opts.batch)? {
             Poll::Finished => break,
             Poll::Idle => {
@@ -504,7 +543,9 @@ fn run_worker(
                 history.push_back(*ev_in.time());
                 if history.len() > 4 {
                     if let Some(t) = history.pop_front() {
-                        step_until_passed(worker, &probe, t);
+                        worker.step_or_park_while(Some(Duration::from_millis(1)), || {
+                            probe.less_than(&t) && !peer_failed(failed)
+                        });
                     }
                 }
                 worker.step();
@@ -542,7 +583,10 @@ fn run_worker(
     }
     ctl_in.advance_to(1);
     ctl_in.flush();
-    worker.step_while(|| !ctl_done.get());
+    worker.step_or_park_while(Some(Duration::from_millis(1)), || {
+        !ctl_done.get() && !peer_failed(failed)
+    });
+    check_peers(failed)?;
     // Events took effect at their tick, so event time ends at the last tick boundary reached.
     let end = global_max
         .get()
@@ -551,7 +595,10 @@ fn run_worker(
         .max(*ev_in.time());
     *limit.borrow_mut() = end;
     let mine: &[Rc<RefCell<OutputBuffer>>] = if index == 0 { &buffers } else { &[] };
-    release_until(worker, &mut ev_in, &mut dl_in, &probe, mine, end);
+    release_until(worker, &mut ev_in, &mut dl_in, &probe, mine, end, &|| {
+        peer_failed(failed)
+    });
+    check_peers(failed)?;
     if index == 0 {
         deliver(
             &buffer,

@@ -1137,7 +1137,15 @@ fn run_worker(
         Phase::Ending(end) => end,
         _ => *ev_in.time(),
     };
-    release_until(worker, &mut ev_in, &mut dl_in, &probe, &my_buffers, stop);
+    release_until(
+        worker,
+        &mut ev_in,
+        &mut dl_in,
+        &probe,
+        &my_buffers,
+        stop,
+        &|| false,
+    );
     report.duplicates = dstats.borrow().duplicates;
     report.final_watermark = Some(stop as i64);
     if live.measure_latency {
