@@ -455,3 +455,40 @@ fn cluster_process_killed_stops_the_other_and_restarts_exactly() {
     }]);
     assert_same(&want, &union(&dirs));
 }
+
+/// A sink that fails in live mode (its file is `/dev/full`) on a 2-worker run stops every
+/// worker: `adflow run --kafka` exits non-zero with the sink's error within seconds, never
+/// hangs, also though the other worker may be waiting for the frontier.
+#[test]
+fn kafka_run_with_a_failing_sink_exits_with_the_error() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    setup(dir);
+    let p = prefix("full");
+    ok(&mut produce(dir, &brokers, &p, None));
+    let out = dir.join("full");
+    std::fs::create_dir_all(&out).unwrap();
+    std::os::unix::fs::symlink("/dev/full", out.join("campaign_metrics.jsonl")).unwrap();
+    let mut child = run_kafka(dir, &brokers, &p, "full")
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("adflow run --kafka did not end within 60 s of a sink error");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+}
