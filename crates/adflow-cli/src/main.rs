@@ -74,8 +74,8 @@ struct RunArgs {
     /// its effects are handed to the sinks (p50/p99/max), and the consumed rate (benchmarks).
     #[arg(long, requires = "kafka")]
     latency: bool,
-    /// Worker threads (per process).
-    #[arg(long, short = 'w', default_value_t = 1)]
+    /// Worker threads (per process), at least 1.
+    #[arg(long, short = 'w', default_value_t = 1, value_parser = at_least_one)]
     workers: usize,
     /// Live mode as a cluster: the number of processes (timely's TCP cluster). See
     /// docs/cluster.md.
@@ -148,6 +148,15 @@ fn extra_sink_with(spec: &str, resume: bool) -> Result<Box<dyn Sink>> {
             Ok(Box::new(sink))
         }
         other => bail!("--sink {spec:?}: unknown sink kind {other:?} (known: clickhouse)"),
+    }
+}
+
+/// Parses a count that must be at least 1 (`--workers`).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -116,3 +116,34 @@ fn a_sink_error_with_two_workers_ends_the_run_with_the_error() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("No space left on device"), "{stderr}");
 }
+
+/// `--workers 0` and an empty model list are refused with a clear message, not run silently.
+#[test]
+fn zero_workers_and_no_models_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_adflow"))
+        .args(["run", "--input"])
+        .arg(tmp.path())
+        .arg("--output")
+        .arg(tmp.path().join("out"))
+        .args(["--workers", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("must be at least 1"), "{stderr}");
+
+    std::fs::write(tmp.path().join("cfg.toml"), "models = []\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_adflow"))
+        .args(["run", "--input"])
+        .arg(tmp.path())
+        .arg("--output")
+        .arg(tmp.path().join("out"))
+        .arg("--config")
+        .arg(tmp.path().join("cfg.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("models is empty"), "{stderr}");
+}

@@ -275,6 +275,16 @@ impl Settings {
         {
             return bad("durations must not be negative".into());
         }
+        if self.models.is_empty() {
+            return bad(format!(
+                "models is empty: list at least one of {}",
+                Model::ALL
+                    .iter()
+                    .map(|m| m.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         if self.cpc_baseline_windows == 0 || self.no_impression_lookback == 0 {
             return bad("window counts must be at least 1".into());
         }
@@ -366,6 +376,17 @@ mod tests {
         assert_eq!(
             (s.tick, s.allowed_lateness),
             (Millis(SECOND), Millis(5 * SECOND))
+        );
+    }
+
+    #[test]
+    fn an_empty_model_list_is_rejected_with_the_names() {
+        let e = Settings::from_toml("models = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("models is empty") && e.contains("last_click"),
+            "{e}"
         );
     }
 }

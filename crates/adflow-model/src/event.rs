@@ -357,7 +357,9 @@ fn timestamp(v: Option<&RawValue>, cfg: &ParseConfig) -> R<i64> {
 /// Parses one raw message of `stream` into an [`Event`], or returns a one-line reason.
 pub fn parse_event(stream: StreamKind, raw: &[u8], cfg: &ParseConfig) -> Result<Event, String> {
     let text = std::str::from_utf8(raw).map_err(|e| format!("not UTF-8: {e}"))?;
-    let trimmed = text.trim();
+    // A UTF-8 byte-order mark (editors put one at the start of a file) is not part of the
+    // JSON text: accepted and ignored.
+    let trimmed = text.strip_prefix('\u{feff}').unwrap_or(text).trim();
     if !trimmed.starts_with('{') {
         return Err(if trimmed.is_empty() {
             "empty message".to_string()
@@ -519,6 +521,21 @@ mod tests {
 
     fn p(stream: StreamKind, s: &str) -> Result<Event, String> {
         parse_event(stream, s.as_bytes(), &ParseConfig::default())
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_json_is_ignored() {
+        let line = r#"{"type":"impression","event_id":"e1","ts":1000,"campaign_id":"c1","channel":"douyin","device_id":"d1"}"#;
+        let cfg = ParseConfig::default();
+        let plain = parse_event(StreamKind::AdEvents, line.as_bytes(), &cfg).unwrap();
+        let with_bom = format!("\u{feff}{line}");
+        assert_eq!(
+            parse_event(StreamKind::AdEvents, with_bom.as_bytes(), &cfg).unwrap(),
+            plain
+        );
+        // Only a mark at the very start.
+        let inside = format!("{{\u{feff}{}", &line[1..]);
+        assert!(parse_event(StreamKind::AdEvents, inside.as_bytes(), &cfg).is_err());
     }
 
     #[test]
