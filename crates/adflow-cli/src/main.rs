@@ -178,12 +178,22 @@ fn cmd_run(args: RunArgs) -> Result<()> {
     let (Some(input), Some(output)) = (args.input.clone(), args.output.clone()) else {
         bail!("file mode needs --input DIR and --output DIR (or use --kafka BROKERS)");
     };
+    if input.exists() && !input.is_dir() {
+        bail!(
+            "--input {} is a file: give the directory that holds <stream>.jsonl",
+            input.display()
+        );
+    }
     if !input.is_dir() {
         bail!("input directory {} does not exist", input.display());
     }
     let settings = load_settings(args.config.as_ref())?;
     let opts = RunOptions::new(args.workers, settings)?;
     let parse = opts.parse.clone();
+    // Every input file must open and read before the output is truncated: a run that cannot
+    // read its input leaves the previous output as it was.
+    FileSource::open(&input, 0, 1, parse.clone())
+        .with_context(|| format!("reading the input in {}", input.display()))?;
     let sources: SourceFactory = Arc::new(move |index, peers| {
         Ok(
             Box::new(FileSource::open(&input, index, peers, parse.clone())?)

@@ -147,3 +147,67 @@ fn zero_workers_and_no_models_are_refused() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("models is empty"), "{stderr}");
 }
+
+/// A run that cannot read its input leaves the previous output as it was (it used to truncate
+/// every table first), and `--input` naming a file says so.
+#[test]
+fn an_unreadable_input_leaves_the_previous_output_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    generate(&input, 3, 100, 1);
+    let out = tmp.path().join("out");
+    run(&input, &out, 2);
+    let before: Vec<(String, Vec<u8>)> = {
+        let mut v: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(before
+        .iter()
+        .any(|(n, b)| n == "campaign_metrics.jsonl" && !b.is_empty()));
+
+    std::fs::remove_file(input.join("orders.jsonl")).unwrap();
+    std::fs::create_dir(input.join("orders.jsonl")).unwrap();
+    let res = Command::new(env!("CARGO_BIN_EXE_adflow"))
+        .args(["run", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&out)
+        .args(["--workers", "2"])
+        .env("ADFLOW_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("orders.jsonl"), "{stderr}");
+    for (name, bytes) in &before {
+        let now = std::fs::read(out.join(name)).unwrap();
+        assert!(
+            &now == bytes,
+            "{name} changed by the failed run: {} bytes before, {} after",
+            bytes.len(),
+            now.len()
+        );
+    }
+
+    let res = Command::new(env!("CARGO_BIN_EXE_adflow"))
+        .args(["run", "--input"])
+        .arg(input.join("ad_events.jsonl"))
+        .arg("--output")
+        .arg(tmp.path().join("other"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is a file"), "{stderr}");
+}
