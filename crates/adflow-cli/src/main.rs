@@ -11,6 +11,7 @@ use adflow_model::Sink;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// The dataflow allocates and frees many small records per event; glibc malloc spent about a
@@ -171,6 +172,9 @@ fn load_settings(path: Option<&PathBuf>) -> Result<Settings> {
     }
 }
 
+/// Written into a file-mode `--output DIR` once the run is complete (see `cmd_run`).
+const SUCCESS_FILE: &str = "_SUCCESS";
+
 fn cmd_run(args: RunArgs) -> Result<()> {
     if args.kafka.is_some() {
         return kafka_run::cmd_run_kafka(args);
@@ -188,7 +192,7 @@ fn cmd_run(args: RunArgs) -> Result<()> {
         bail!("input directory {} does not exist", input.display());
     }
     let settings = load_settings(args.config.as_ref())?;
-    let opts = RunOptions::new(args.workers, settings)?;
+    let mut opts = RunOptions::new(args.workers, settings)?;
     let parse = opts.parse.clone();
     // Every input file must open and read before the output is truncated: a run that cannot
     // read its input leaves the previous output as it was.
@@ -200,18 +204,53 @@ fn cmd_run(args: RunArgs) -> Result<()> {
                 as Box<dyn adflow_engine::driver::Source>,
         )
     });
+    // `OUT/_SUCCESS` says the tables in OUT are a complete run: gone from the start of a run
+    // until it has written and synced every table.
+    let success = output.join(SUCCESS_FILE);
+    match std::fs::remove_file(&success) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", success.display()));
+        }
+        _ => {}
+    }
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(FileSink::create(&output)?)];
     for spec in &args.sinks {
         sinks.push(extra_sink_with(spec, false)?);
     }
+    // SIGINT/SIGTERM: stop reading, hand the sinks what is released, exit 1 without
+    // `_SUCCESS`; a second signal exits at once (130).
+    let interrupt = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, interrupt.clone())
+            .context("installing signal handler")?;
+        signal_hook::flag::register(sig, interrupt.clone()).context("installing signal handler")?;
+    }
+    opts.interrupt = Some(interrupt);
     let started = std::time::Instant::now();
-    let report = run(
+    let report = match run(
         Arc::new(adflow_pipelines::AdflowProgram),
         sources,
         sinks,
         opts,
-    )?;
+    ) {
+        Ok(r) => r,
+        Err(adflow_engine::EngineError::Interrupted) => bail!(
+            "interrupted: {} holds the tables of a partial run (every change up to where it stopped, no {SUCCESS_FILE}); run again for the complete tables",
+            output.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
     let secs = started.elapsed().as_secs_f64();
+    let summary = serde_json::json!({
+        "messages": report.messages,
+        "events": report.events,
+        "dead_letters": report.dead_letters,
+        "changes": report.changes,
+        "final_watermark": report.final_watermark,
+    });
+    std::fs::write(&success, format!("{summary}\n"))
+        .and_then(|_| std::fs::File::open(&success)?.sync_all())
+        .with_context(|| format!("writing {}", success.display()))?;
     tracing::info!(
         messages = report.messages,
         events = report.events,

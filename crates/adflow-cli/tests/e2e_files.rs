@@ -211,3 +211,53 @@ fn an_unreadable_input_leaves_the_previous_output_untouched() {
     assert_eq!(res.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("is a file"), "{stderr}");
 }
+
+/// A complete run writes `OUT/_SUCCESS`; a run stopped by SIGTERM exits 1, says its output is
+/// partial, and leaves no `_SUCCESS` (it used to exit 143 at once with tables that looked
+/// complete).
+#[test]
+fn sigterm_ends_a_file_run_as_partial_without_success_marker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    generate(&input, 5, 3000, 10);
+    let out = tmp.path().join("out");
+    // A small complete run first: the marker is there, then removed by the next run.
+    let small = tmp.path().join("small");
+    generate(&small, 5, 50, 1);
+    run(&small, &out, 1);
+    let marker: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("_SUCCESS")).unwrap()).unwrap();
+    assert!(marker["messages"].as_u64().unwrap() > 0, "{marker}");
+
+    let child = Command::new(env!("CARGO_BIN_EXE_adflow"))
+        .args(["run", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&out)
+        .args(["--workers", "2"])
+        .env("ADFLOW_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the run has started (its marker is gone), stop it.
+    let started = std::time::Instant::now();
+    while out.join("_SUCCESS").exists() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let res = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("interrupted") && stderr.contains("partial"),
+        "{stderr}"
+    );
+    assert!(!out.join("_SUCCESS").exists());
+}

@@ -50,6 +50,9 @@ pub struct RunOptions {
     pub batch: usize,
     /// Interval of progress log lines.
     pub progress_every: Duration,
+    /// File mode: set (by a signal handler) to stop reading; the run then ends with
+    /// [`EngineError::Interrupted`] after the sinks got what was released so far.
+    pub interrupt: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl RunOptions {
@@ -79,6 +82,7 @@ impl RunOptions {
             parse,
             batch: 16_384,
             progress_every: Duration::from_secs(2),
+            interrupt: None,
         })
     }
 }
@@ -508,6 +512,15 @@ fn run_worker(
 
     loop {
         check_peers(failed)?;
+        if let Some(flag) = &opts.interrupt {
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                tracing::warn!(
+                    worker = index,
+                    "interrupted: stopping before the end of the input"
+                );
+                return Err(EngineError::Interrupted);
+            }
+        }
         match source.poll(opts.batch)? {
             Poll::Finished => break,
             Poll::Idle => {

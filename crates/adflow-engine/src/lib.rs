@@ -88,4 +88,7 @@ pub enum EngineError {
     Settings(String),
     #[error("stopped: worker {0} failed: {1}")]
     PeerFailed(u64, String),
+    /// File mode was told to stop (a signal) before its input was exhausted.
+    #[error("interrupted before the end of the input")]
+    Interrupted,
 }
