@@ -115,6 +115,8 @@ fn a_sink_error_with_two_workers_ends_the_run_with_the_error() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("No space left on device"), "{stderr}");
+    // The error names the file.
+    assert!(stderr.contains("campaign_metrics.jsonl"), "{stderr}");
 }
 
 /// `--workers 0` and an empty model list are refused with a clear message, not run silently.

@@ -211,20 +211,27 @@ struct Progress {
 
 const PROGRESS_FILE: &str = "_progress.json";
 
-fn io_err(e: std::io::Error) -> SinkError {
-    SinkError::Io {
-        sink: "file".into(),
+/// An i/o error of the file sink on `path` (named in the message).
+fn io_err_at(path: &Path) -> impl Fn(std::io::Error) -> SinkError + '_ {
+    move |e| SinkError::Io {
+        sink: format!("file {}", path.display()),
         source: e,
     }
+}
+
+/// The changelog file of `table` in `dir`.
+fn table_path(dir: &Path, table: Table) -> PathBuf {
+    dir.join(format!("{}.jsonl", table.name()))
 }
 
 impl FileSink {
     /// Creates `dir` if needed and truncates every table's file.
     pub fn create(dir: &Path) -> Result<Self, SinkError> {
-        std::fs::create_dir_all(dir).map_err(io_err)?;
+        std::fs::create_dir_all(dir).map_err(io_err_at(dir))?;
         let mut writers = HashMap::new();
         for table in Table::ALL {
-            let f = File::create(dir.join(format!("{}.jsonl", table.name()))).map_err(io_err)?;
+            let path = table_path(dir, table);
+            let f = File::create(&path).map_err(io_err_at(&path))?;
             writers.insert(table, BufWriter::with_capacity(1 << 18, f));
         }
         Ok(FileSink {
@@ -264,7 +271,7 @@ impl FileSink {
     /// to readers at once (the buffer is written out after each batch, not synced); `flush`
     /// makes it durable.
     pub fn open_resumable(dir: &Path) -> Result<Self, SinkError> {
-        std::fs::create_dir_all(dir).map_err(io_err)?;
+        std::fs::create_dir_all(dir).map_err(io_err_at(dir))?;
         let path = dir.join(PROGRESS_FILE);
         let progress =
             match std::fs::read(&path) {
@@ -275,7 +282,7 @@ impl FileSink {
                     }
                 })?),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io_err(e)),
+                Err(e) => return Err(io_err_at(&path)(e)),
             };
         let stored: Vec<Point> = match progress {
             None => vec![Point::empty()],
@@ -303,14 +310,14 @@ impl FileSink {
     fn restore(&mut self, point: &Point) -> Result<(), SinkError> {
         let mut writers = HashMap::new();
         for table in Table::ALL {
-            let file = self.dir.join(format!("{}.jsonl", table.name()));
+            let file = table_path(&self.dir, table);
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&file)
-                .map_err(io_err)?;
+                .map_err(io_err_at(&file))?;
             let keep = point.lengths.get(table.name()).copied().unwrap_or(0);
-            let len = f.metadata().map_err(io_err)?.len();
+            let len = f.metadata().map_err(io_err_at(&file))?.len();
             if len < keep {
                 return Err(SinkError::Other {
                     sink: "file".into(),
@@ -322,8 +329,8 @@ impl FileSink {
             }
             if len > keep {
                 tracing::info!(file = %file.display(), dropped = len - keep, "dropping changes written after the resumed durable point");
-                f.set_len(keep).map_err(io_err)?;
-                f.sync_data().map_err(io_err)?;
+                f.set_len(keep).map_err(io_err_at(&file))?;
+                f.sync_data().map_err(io_err_at(&file))?;
             }
             writers.insert(table, BufWriter::with_capacity(1 << 18, f));
         }
@@ -391,19 +398,19 @@ impl Sink for FileSink {
     fn write(&mut self, changes: Vec<Change>, frontier: i64) -> Result<(), SinkError> {
         let mut line = Vec::with_capacity(512);
         for c in &changes {
-            if let Some(w) = self.writers.get_mut(&c.row.table()) {
+            let table = c.row.table();
+            if let Some(w) = self.writers.get_mut(&table) {
                 line.clear();
                 c.write_json_line(&mut line);
-                w.write_all(&line).map_err(|e| SinkError::Io {
-                    sink: "file".into(),
-                    source: e,
-                })?;
+                w.write_all(&line)
+                    .map_err(|e| io_err_at(&table_path(&self.dir, table))(e))?;
                 self.written += 1;
             }
         }
         if self.visible && !changes.is_empty() {
-            for w in self.writers.values_mut() {
-                w.flush().map_err(io_err)?;
+            for (&table, w) in self.writers.iter_mut() {
+                w.flush()
+                    .map_err(|e| io_err_at(&table_path(&self.dir, table))(e))?;
             }
         }
         self.received = self.received.max(frontier);
@@ -411,19 +418,14 @@ impl Sink for FileSink {
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        for w in self.writers.values_mut() {
+        for (&table, w) in self.writers.iter_mut() {
             w.flush()
                 .and_then(|_| w.get_ref().sync_data())
-                .map_err(|e| SinkError::Io {
-                    sink: "file".into(),
-                    source: e,
-                })?;
+                .map_err(|e| io_err_at(&table_path(&self.dir, table))(e))?;
         }
         if self.resumable {
-            self.write_progress().map_err(|e| SinkError::Io {
-                sink: "file".into(),
-                source: e,
-            })?;
+            let path = self.dir.join(PROGRESS_FILE);
+            self.write_progress().map_err(io_err_at(&path))?;
         }
         self.durable = self.received;
         Ok(())
