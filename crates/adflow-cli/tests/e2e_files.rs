@@ -263,3 +263,36 @@ fn sigterm_ends_a_file_run_as_partial_without_success_marker() {
     );
     assert!(!out.join("_SUCCESS").exists());
 }
+
+/// An event dated in 2099 is applied (file mode's event time then ends there), with a warning
+/// that says so.
+#[test]
+fn a_far_future_event_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(
+        input.join("ad_events.jsonl"),
+        concat!(
+            r#"{"type":"impression","event_id":"e1","ts":1717200000000,"campaign_id":"c","channel":"douyin","device_id":"d"}"#,
+            "\n",
+            r#"{"type":"impression","event_id":"e2","ts":4070908800000,"campaign_id":"c","channel":"douyin","device_id":"d"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let res = Command::new(env!("CARGO_BIN_EXE_adflow"))
+        .args(["run", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(tmp.path().join("out"))
+        .env("ADFLOW_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("more than a day in the future") && stderr.contains("4070908800000"),
+        "{stderr}"
+    );
+}

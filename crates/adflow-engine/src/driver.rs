@@ -509,6 +509,13 @@ fn run_worker(
     let mut now_w: Time = 0;
 
     let mut handed = i64::MIN;
+    // Events dated more than a day after the wall clock: event time ends at the largest `ts`,
+    // so one of them moves the end of event time (and every timer due before it) there.
+    let future_after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(i64::MAX, |d| d.as_millis() as i64)
+        .saturating_add(86_400_000);
+    let (mut future, mut future_max) = (0u64, i64::MIN);
 
     loop {
         check_peers(failed)?;
@@ -539,6 +546,10 @@ fn run_worker(
                         ctx.ingest(&msg, &mut report, &mut ev_in, &mut dl_in, true, 0)
                     {
                         max_ts = Some(max_ts.map_or(ts, |m| m.max(ts)));
+                        if ts > future_after {
+                            future += 1;
+                            future_max = future_max.max(ts);
+                        }
                     }
                 }
                 if let Some(m) = max_ts {
@@ -588,6 +599,14 @@ fn run_worker(
         }
     }
 
+    if future > 0 {
+        tracing::warn!(
+            worker = index,
+            events = future,
+            largest_ts = future_max,
+            "events dated more than a day in the future: event time ends at the largest ts, so timers due until then fire"
+        );
+    }
     // End of input: agree on the largest event time, move every input there, release it.
     for target in 0..peers as u64 {
         if let Some(m) = max_ts {
