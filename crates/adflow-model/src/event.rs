@@ -206,12 +206,35 @@ fn string(name: &str, v: Option<&RawValue>) -> R<String> {
 /// The value of JSON string literal `t`: without escapes it is the text between the quotes
 /// (serde_json validated the literal when it split the object), otherwise it is decoded.
 fn json_str<'a>(name: &str, t: &'a str) -> R<std::borrow::Cow<'a, str>> {
-    if t.len() >= 2 && t.ends_with('"') && !t.contains('\\') {
-        Ok(std::borrow::Cow::Borrowed(&t[1..t.len() - 1]))
+    let s: std::borrow::Cow<'a, str> = if t.len() >= 2 && t.ends_with('"') && !t.contains('\\') {
+        std::borrow::Cow::Borrowed(&t[1..t.len() - 1])
     } else {
-        serde_json::from_str(t).map_err(|e| format!("field `{name}`: {e}"))
+        serde_json::from_str(t).map_err(|e| format!("field `{name}`: {e}"))?
+    };
+    if s.len() > MAX_ID_BYTES && ID_FIELDS.contains(&name) {
+        return Err(format!(
+            "field `{name}` is {} bytes long, more than the {MAX_ID_BYTES} an identifier may have",
+            s.len()
+        ));
     }
+    Ok(s)
 }
+
+/// The longest identifier accepted (bytes, before trimming): a longer `event_id`, `*_id`,
+/// `phone`, `channel` or code is a dead letter, so one hostile line cannot make every state
+/// record that holds it large. Kdniao waybill numbers have at most 30 characters.
+pub const MAX_ID_BYTES: usize = 256;
+const ID_FIELDS: [&str; 9] = [
+    "event_id",
+    "campaign_id",
+    "channel",
+    "device_id",
+    "user_id",
+    "order_id",
+    "phone",
+    "shipper_code",
+    "logistic_code",
+];
 
 /// A JSON string field (optional; null means absent).
 fn opt_string(name: &str, v: Option<&RawValue>) -> R<Option<String>> {
@@ -521,6 +544,35 @@ mod tests {
 
     fn p(stream: StreamKind, s: &str) -> Result<Event, String> {
         parse_event(stream, s.as_bytes(), &ParseConfig::default())
+    }
+
+    #[test]
+    fn identifiers_longer_than_the_limit_are_rejected() {
+        let cfg = ParseConfig::default();
+        let line = |id: &str| {
+            format!(
+                r#"{{"type":"impression","event_id":"{id}","ts":1000,"campaign_id":"c1","channel":"douyin","device_id":"d1"}}"#
+            )
+        };
+        assert!(parse_event(
+            StreamKind::AdEvents,
+            line(&"x".repeat(MAX_ID_BYTES)).as_bytes(),
+            &cfg
+        )
+        .is_ok());
+        let e = parse_event(
+            StreamKind::AdEvents,
+            line(&"x".repeat(10_000)).as_bytes(),
+            &cfg,
+        )
+        .unwrap_err();
+        assert!(e.contains("`event_id` is 10000 bytes long"), "{e}");
+        let track = format!(
+            r#"{{"type":"track","event_id":"t1","ts":1000,"shipper_code":"SF","logistic_code":"{}","state":"2"}}"#,
+            "9".repeat(300)
+        );
+        let e = parse_event(StreamKind::Logistics, track.as_bytes(), &cfg).unwrap_err();
+        assert!(e.contains("`logistic_code`"), "{e}");
     }
 
     #[test]
