@@ -15,7 +15,6 @@ use adflow_kafka::{
 use adflow_model::output::OutputRow;
 use adflow_model::{Change, Position, RawMessage, Sink, SinkError, StreamKind};
 use anyhow::{bail, Context, Result};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -245,14 +244,9 @@ pub(crate) fn cmd_run_kafka(args: RunArgs) -> Result<()> {
     }));
     let sinks = LiveSinks { local, funnel };
 
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // The first signal stops cleanly; a second one while stopping exits at once (130),
-        // without the final checkpoint (the restart resumes from the last committed one).
-        signal_hook::flag::register_conditional_shutdown(sig, 130, shutdown.clone())
-            .context("installing signal handler")?;
-        signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handler")?;
-    }
+    // A second signal while stopping exits at once, without the final checkpoint (the restart
+    // resumes from the last committed one).
+    let shutdown = crate::stop_signals()?;
     let live = LiveOptions {
         idle_timeout: Duration::from_millis(ks.idle_timeout.0 as u64),
         commit_interval: Duration::from_millis(ks.commit_interval.0 as u64),

@@ -172,6 +172,18 @@ fn load_settings(path: Option<&PathBuf>) -> Result<Settings> {
     }
 }
 
+/// A flag that the first SIGINT/SIGTERM sets (stop cleanly); a second one while it is set
+/// exits the process at once with 130.
+fn stop_signals() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())
+            .context("installing signal handler")?;
+        signal_hook::flag::register(sig, flag.clone()).context("installing signal handler")?;
+    }
+    Ok(flag)
+}
+
 /// Written into a file-mode `--output DIR` once the run is complete (see `cmd_run`).
 const SUCCESS_FILE: &str = "_SUCCESS";
 
@@ -219,13 +231,7 @@ fn cmd_run(args: RunArgs) -> Result<()> {
     }
     // SIGINT/SIGTERM: stop reading, hand the sinks what is released, exit 1 without
     // `_SUCCESS`; a second signal exits at once (130).
-    let interrupt = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(sig, 130, interrupt.clone())
-            .context("installing signal handler")?;
-        signal_hook::flag::register(sig, interrupt.clone()).context("installing signal handler")?;
-    }
-    opts.interrupt = Some(interrupt);
+    opts.interrupt = Some(stop_signals()?);
     let started = std::time::Instant::now();
     let report = match run(
         Arc::new(adflow_pipelines::AdflowProgram),

@@ -2,6 +2,8 @@
 //! reference (`adflow-reference`) table by table and row by row; the same final tables with 1
 //! and 2 workers and with every input file's lines shuffled.
 
+mod common;
+
 use adflow_reference::{compute, diff, read_changelog_dir, RefConfig};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -16,14 +18,21 @@ fn generate(dir: &Path, seed: u64, users: u32, days: u32) {
     adflow_gen::generate(&args).expect("generate");
 }
 
-fn run(input: &Path, output: &Path, workers: usize) {
-    let st = Command::new(env!("CARGO_BIN_EXE_adflow"))
-        .args(["run", "--input"])
+/// `adflow run --input INPUT --output OUTPUT` (warnings only, no backtraces).
+fn adflow_run(input: &Path, output: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_adflow"));
+    c.args(["run", "--input"])
         .arg(input)
         .arg("--output")
         .arg(output)
-        .args(["--workers", &workers.to_string()])
         .env("ADFLOW_LOG", "warn")
+        .env("RUST_BACKTRACE", "0");
+    c
+}
+
+fn run(input: &Path, output: &Path, workers: usize) {
+    let st = adflow_run(input, output)
+        .args(["--workers", &workers.to_string()])
         .status()
         .expect("spawn adflow");
     assert!(st.success(), "adflow run failed: {st}");
@@ -89,30 +98,16 @@ fn a_sink_error_with_two_workers_ends_the_run_with_the_error() {
     let out = tmp.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     std::os::unix::fs::symlink("/dev/full", out.join("campaign_metrics.jsonl")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_adflow"))
-        .args(["run", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(&out)
+    let child = adflow_run(&input, &out)
         .args(["--workers", "2"])
-        .env("ADFLOW_LOG", "warn")
-        .env("RUST_BACKTRACE", "0")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn adflow");
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if started.elapsed() > std::time::Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("adflow run did not end within 60 s of a sink error");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (status, stderr) = common::wait_or_kill(
+        child,
+        std::time::Duration::from_secs(60),
+        "adflow run after a sink error",
+    );
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("No space left on device"), "{stderr}");
     // The error names the file.
@@ -123,11 +118,7 @@ fn a_sink_error_with_two_workers_ends_the_run_with_the_error() {
 #[test]
 fn zero_workers_and_no_models_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_adflow"))
-        .args(["run", "--input"])
-        .arg(tmp.path())
-        .arg("--output")
-        .arg(tmp.path().join("out"))
+    let out = adflow_run(tmp.path(), &tmp.path().join("out"))
         .args(["--workers", "0"])
         .output()
         .unwrap();
@@ -136,11 +127,7 @@ fn zero_workers_and_no_models_are_refused() {
     assert!(stderr.contains("must be at least 1"), "{stderr}");
 
     std::fs::write(tmp.path().join("cfg.toml"), "models = []\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_adflow"))
-        .args(["run", "--input"])
-        .arg(tmp.path())
-        .arg("--output")
-        .arg(tmp.path().join("out"))
+    let out = adflow_run(tmp.path(), &tmp.path().join("out"))
         .arg("--config")
         .arg(tmp.path().join("cfg.toml"))
         .output()
@@ -179,14 +166,8 @@ fn an_unreadable_input_leaves_the_previous_output_untouched() {
 
     std::fs::remove_file(input.join("orders.jsonl")).unwrap();
     std::fs::create_dir(input.join("orders.jsonl")).unwrap();
-    let res = Command::new(env!("CARGO_BIN_EXE_adflow"))
-        .args(["run", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(&out)
+    let res = adflow_run(&input, &out)
         .args(["--workers", "2"])
-        .env("ADFLOW_LOG", "warn")
-        .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr);
@@ -202,11 +183,7 @@ fn an_unreadable_input_leaves_the_previous_output_untouched() {
         );
     }
 
-    let res = Command::new(env!("CARGO_BIN_EXE_adflow"))
-        .args(["run", "--input"])
-        .arg(input.join("ad_events.jsonl"))
-        .arg("--output")
-        .arg(tmp.path().join("other"))
+    let res = adflow_run(&input.join("ad_events.jsonl"), &tmp.path().join("other"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr);
@@ -231,14 +208,8 @@ fn sigterm_ends_a_file_run_as_partial_without_success_marker() {
         serde_json::from_str(&std::fs::read_to_string(out.join("_SUCCESS")).unwrap()).unwrap();
     assert!(marker["messages"].as_u64().unwrap() > 0, "{marker}");
 
-    let child = Command::new(env!("CARGO_BIN_EXE_adflow"))
-        .args(["run", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(&out)
+    let child = adflow_run(&input, &out)
         .args(["--workers", "2"])
-        .env("ADFLOW_LOG", "warn")
-        .env("RUST_BACKTRACE", "0")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -281,12 +252,7 @@ fn a_far_future_event_is_warned_about() {
         ),
     )
     .unwrap();
-    let res = Command::new(env!("CARGO_BIN_EXE_adflow"))
-        .args(["run", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(tmp.path().join("out"))
-        .env("ADFLOW_LOG", "warn")
+    let res = adflow_run(&input, &tmp.path().join("out"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr);

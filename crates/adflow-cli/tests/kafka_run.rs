@@ -470,25 +470,17 @@ fn kafka_run_with_a_failing_sink_exits_with_the_error() {
     let out = dir.join("full");
     std::fs::create_dir_all(&out).unwrap();
     std::os::unix::fs::symlink("/dev/full", out.join("campaign_metrics.jsonl")).unwrap();
-    let mut child = run_kafka(dir, &brokers, &p, "full")
+    let child = run_kafka(dir, &brokers, &p, "full")
         .env("RUST_BACKTRACE", "0")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("adflow run --kafka did not end within 60 s of a sink error");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (status, stderr) = common::wait_or_kill(
+        child,
+        Duration::from_secs(60),
+        "adflow run --kafka after a sink error",
+    );
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("No space left on device"), "{stderr}");
 }

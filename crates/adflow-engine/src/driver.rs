@@ -145,7 +145,8 @@ fn dead_letter(msg: &RawMessage, reason: String) -> OutputRow {
     })
 }
 
-fn wall_ms() -> i64 {
+/// The wall clock, epoch ms.
+pub(crate) fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -319,22 +320,33 @@ pub fn run(
                 let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
                 f.get_or_insert((worker.index() as u64, e.to_string()));
             }
-            // timely keeps stepping a worker's dataflows until they complete, which a failed
-            // run's never do: drop them, so the thread ends.
-            for id in worker.installed_dataflows() {
-                worker.drop_dataflow(id);
-            }
+            drop_dataflows(worker);
         }
         r
     })
     .map_err(EngineError::Timely)?;
+    join_reports(guards.join())
+}
+
+/// After a worker failed: timely keeps stepping a worker's dataflows until they complete, which
+/// a failed run's never do (its operators hold capabilities); drop them, so the thread ends.
+pub(crate) fn drop_dataflows(worker: &mut timely::worker::Worker) {
+    for id in worker.installed_dataflows() {
+        worker.drop_dataflow(id);
+    }
+}
+
+/// Sums the workers' reports (from joining their guards); on failure the first error of a worker that
+/// failed by itself (over the "another worker failed" of the others).
+pub(crate) fn join_reports(
+    results: Vec<Result<Result<RunReport, EngineError>, String>>,
+) -> Result<RunReport, EngineError> {
     let mut total = RunReport::default();
     let mut first_err = None;
-    for r in guards.join() {
+    for r in results {
         match r.map_err(EngineError::Timely) {
             Ok(Ok(r)) => total.add(&r),
             Ok(Err(e)) | Err(e) => {
-                // A worker's own error beats the "another worker failed" of the others.
                 if matches!(first_err, None | Some(EngineError::PeerFailed(..))) {
                     first_err = Some(e);
                 }
@@ -511,10 +523,7 @@ fn run_worker(
     let mut handed = i64::MIN;
     // Events dated more than a day after the wall clock: event time ends at the largest `ts`,
     // so one of them moves the end of event time (and every timer due before it) there.
-    let future_after = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(i64::MAX, |d| d.as_millis() as i64)
-        .saturating_add(86_400_000);
+    let future_after = wall_ms().saturating_add(86_400_000);
     let (mut future, mut future_max) = (0u64, i64::MIN);
 
     loop {

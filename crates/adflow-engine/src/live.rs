@@ -65,7 +65,8 @@
 //! error, so the other processes stop within seconds (shared fate); restart all of them.
 
 use crate::driver::{
-    build_dataflow, deliver, release_until, Built, Ingest, Ingested, RunOptions, RunReport,
+    build_dataflow, deliver, drop_dataflows, join_reports, release_until, wall_ms, Built, Ingest,
+    Ingested, RunOptions, RunReport,
 };
 use crate::live_ctl::{decide_resume, Checkpoint, Ctl, ResumeDecision, SinkPoints};
 use crate::ops::OutputBuffer;
@@ -233,13 +234,6 @@ impl Latency {
     }
 }
 
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// What a worker knows about one of its partitions.
 #[derive(Clone, Copy, Debug)]
 struct Part {
@@ -401,23 +395,7 @@ pub fn run_live(
         )
     })
     .map_err(EngineError::Timely)?;
-    let mut total = RunReport::default();
-    let mut first_err = None;
-    for r in guards.join() {
-        match r.map_err(EngineError::Timely) {
-            Ok(Ok(r)) => total.add(&r),
-            Ok(Err(e)) | Err(e) => {
-                // A worker's own error beats the "another worker failed" of the others.
-                let replace = matches!(first_err, None | Some(EngineError::PeerFailed(..)));
-                if replace {
-                    first_err = Some(e);
-                }
-            }
-        }
-    }
-    if let Some(e) = first_err {
-        return Err(e);
-    }
+    let mut total = join_reports(guards.join())?;
     let lat = lock(&latency);
     if lat.first.is_some() {
         total.latency = Some(lat.summary());
@@ -484,11 +462,7 @@ fn live_worker(
     worker.drop_dataflow(ctl_id);
     drop(ctl);
     if r.is_err() {
-        // timely keeps a worker stepping until its dataflows complete, which a failed run's
-        // never do (its operators hold capabilities): drop them, so the thread ends.
-        for id in worker.installed_dataflows() {
-            worker.drop_dataflow(id);
-        }
+        drop_dataflows(worker);
     }
     r
 }

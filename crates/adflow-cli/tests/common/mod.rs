@@ -12,6 +12,31 @@ pub fn adflow() -> Command {
     c
 }
 
+/// Waits for `child` (spawned with a piped stderr) for at most `limit`, killing it and failing
+/// the test with `what` if it runs longer; returns its exit status and stderr.
+pub fn wait_or_kill(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> (std::process::ExitStatus, String) {
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what} did not end within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut stderr).unwrap();
+    }
+    (status, stderr)
+}
+
 /// Runs `c` and fails the test with its stderr unless it exits 0.
 pub fn ok(c: &mut Command) {
     let out = c.output().unwrap();
