@@ -287,7 +287,7 @@ impl Pipeline for Attribution {
         cx.outputs.push(rows.flat_map(move |(_, r)| {
             models.contains(&r.model).then(|| {
                 let freeze = Params::at(r.order_ts, ret);
-                (OutputRow::Attribution(r), freeze)
+                (OutputRow::Attribution(r), freeze.into())
             })
         }));
         cx.shared.clicks = Some(clicks);

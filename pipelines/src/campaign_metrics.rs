@@ -33,22 +33,23 @@ pub type MetricsKey = (Sym, Sym, i64);
 
 /// The row of a key's summed counters.
 pub fn metrics_row((campaign_id, channel, hour): &MetricsKey, m: &Metrics) -> CampaignMetricsRow {
+    let fen = |field, v| fen_field("campaign_metrics", field, v);
     CampaignMetricsRow {
         campaign_id: campaign_id.to_string(),
         channel: channel.to_string(),
         hour: *hour,
         impressions: m.impressions,
         clicks: m.clicks,
-        cost_fen: m.cost_fen,
-        click_cost_fen: m.click_cost_fen,
+        cost_fen: fen("cost_fen", m.cost_fen),
+        click_cost_fen: fen("click_cost_fen", m.click_cost_fen),
         orders: m.orders,
-        gmv_fen: m.gmv_fen,
+        gmv_fen: fen("gmv_fen", m.gmv_fen),
         signed: m.signed,
         refused: m.refused,
         effective: m.effective,
         refusal_rate: (m.signed + m.refused > 0)
             .then(|| Fixed::from_ratio(m.refused, m.signed + m.refused)),
-        cpc_fen: (m.clicks > 0).then(|| Fixed::from_ratio(m.click_cost_fen, m.clicks)),
+        cpc_fen: (m.clicks > 0).then(|| Fixed::from_wide_ratio(m.click_cost_fen, m.clicks as i128)),
     }
 }
 
@@ -88,7 +89,7 @@ impl Pipeline for CampaignMetrics {
                         (campaign_id, channel, hour),
                         Metrics {
                             impressions: 1,
-                            cost_fen,
+                            cost_fen: cost_fen as SumFen,
                             ..Metrics::default()
                         },
                     )),
@@ -101,8 +102,8 @@ impl Pipeline for CampaignMetrics {
                         (campaign_id, channel, hour),
                         Metrics {
                             clicks: 1,
-                            cost_fen,
-                            click_cost_fen: cost_fen,
+                            cost_fen: cost_fen as SumFen,
+                            click_cost_fen: cost_fen as SumFen,
                             ..Metrics::default()
                         },
                     )),
@@ -127,7 +128,7 @@ impl Pipeline for CampaignMetrics {
                         ),
                         Metrics {
                             orders: 1,
-                            gmv_fen: s.amount_fen,
+                            gmv_fen: s.amount_fen as SumFen,
                             signed: (s.delivery == Delivery::Signed) as i64,
                             refused: (s.delivery == Delivery::Refused) as i64,
                             effective: s.effective as i64,
@@ -141,7 +142,10 @@ impl Pipeline for CampaignMetrics {
         let totals = ads.concat(orders).count();
         cx.outputs.push(totals.map(move |(k, m)| {
             let freeze = Params::at(k.2, ret);
-            (OutputRow::CampaignMetrics(metrics_row(&k, &m)), freeze)
+            (
+                OutputRow::CampaignMetrics(metrics_row(&k, &m)),
+                freeze.into(),
+            )
         }));
         Ok(())
     }

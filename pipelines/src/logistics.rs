@@ -81,12 +81,14 @@ pub fn waybill_outputs(
         .map(|t| p.linked_expiry(t.ts))
         .min()
         .unwrap_or(Time::MAX);
-    let freeze = owners
+    let owner_expiry = owners.iter().map(|o| Params::at(o.2, p.retention));
+    let freeze = owner_expiry.clone().min().unwrap_or(Time::MAX).min(linked);
+    let until = tracks
         .iter()
-        .map(|o| Params::at(o.2, p.retention))
-        .min()
-        .unwrap_or(Time::MAX)
-        .min(linked);
+        .map(|t| p.linked_expiry(t.ts))
+        .chain(owner_expiry)
+        .max()
+        .unwrap_or(0);
     let interval = |kind, opened, closed, code| ParcelInterval {
         kind,
         waybill: waybill.clone(),
@@ -96,6 +98,7 @@ pub fn waybill_outputs(
         owner_order: owner.map(|o| o.0.clone()),
         owner_person: owner.map(|o| o.1.clone()),
         freeze,
+        until,
     };
     // Stalls: a gap of at least the threshold after a non-final track.
     for (i, t) in tracks.iter().enumerate() {

@@ -177,7 +177,7 @@ impl Pipeline for OrderStatus {
         let ret = p.retention;
         cx.outputs.push(state.clone().map(move |(id, s)| {
             let freeze = Params::at(s.order_ts, ret);
-            (OutputRow::OrderStatus(status_row(&id, &s)), freeze)
+            (OutputRow::OrderStatus(status_row(&id, &s)), freeze.into())
         }));
         cx.shared.order_state = Some(state);
         Ok(())

@@ -10,7 +10,7 @@
 //! goes too, so no row freezes.
 
 use crate::{need, Context, Pipeline, SharedName};
-use adflow_engine::{Diff, NEVER};
+use adflow_engine::{Diff, Freeze};
 use adflow_model::output::SuppressedPersonRow;
 use adflow_model::{OutputRow, Table};
 
@@ -49,7 +49,7 @@ impl Pipeline for SuppressedPersons {
                     reason: kind.name().to_string(),
                     since_ts,
                 }),
-                NEVER,
+                Freeze::NEVER,
             )
         }));
         Ok(())

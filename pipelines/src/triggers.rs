@@ -144,11 +144,9 @@ impl Pipeline for Triggers {
                 }
             },
         );
-        cx.outputs.push(
-            triggers.map(move |(_, (row, order_ts))| {
-                (OutputRow::Trigger(row), Params::at(order_ts, ret))
-            }),
-        );
+        cx.outputs.push(triggers.map(move |(_, (row, order_ts))| {
+            (OutputRow::Trigger(row), Params::at(order_ts, ret).into())
+        }));
         Ok(())
     }
 }

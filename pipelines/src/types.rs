@@ -3,6 +3,7 @@
 use adflow_engine::Time;
 use adflow_model::config::Settings;
 use adflow_model::event::OrderFlag;
+pub use adflow_model::money::{sum_to_fen, SumFen};
 use adflow_model::Sym;
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use serde::{Deserialize, Serialize};
@@ -212,8 +213,11 @@ pub struct ParcelInterval {
     pub code: u32,
     pub owner_order: Option<Sym>,
     pub owner_person: Option<Sym>,
-    /// When the row freezes (the earliest expiry of its inputs).
+    /// When the row freezes (the earliest expiry of its waybill's facts).
     pub freeze: Time,
+    /// When the last of its waybill's facts leaves the dataflow: a waybill's interval rows
+    /// freeze as one group ([`adflow_engine::Freeze`]) from `freeze` until then.
+    pub until: Time,
 }
 
 impl ParcelInterval {
@@ -259,34 +263,39 @@ pub fn flag_index(f: OrderFlag) -> usize {
 
 /// Campaign counters, used as a *difference* type: records are exploded into their
 /// contribution and `count` sums them per key, so the arrangement holds one record per key
-/// however many events fed it.
+/// however many events fed it. Money is summed as [`SumFen`] (`i128`), which cannot wrap; it
+/// becomes a table's `i64` field through [`fen_field`].
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct Metrics {
     pub impressions: i64,
     pub clicks: i64,
-    pub cost_fen: i64,
-    pub click_cost_fen: i64,
+    pub cost_fen: SumFen,
+    pub click_cost_fen: SumFen,
     pub orders: i64,
-    pub gmv_fen: i64,
+    pub gmv_fen: SumFen,
     pub signed: i64,
     pub refused: i64,
     pub effective: i64,
 }
 
 impl Metrics {
-    fn fields(&mut self) -> [&mut i64; 9] {
+    fn counts(&mut self) -> [&mut i64; 6] {
         [
             &mut self.impressions,
             &mut self.clicks,
-            &mut self.cost_fen,
-            &mut self.click_cost_fen,
             &mut self.orders,
-            &mut self.gmv_fen,
             &mut self.signed,
             &mut self.refused,
             &mut self.effective,
+        ]
+    }
+    fn money(&mut self) -> [&mut SumFen; 3] {
+        [
+            &mut self.cost_fen,
+            &mut self.click_cost_fen,
+            &mut self.gmv_fen,
         ]
     }
 }
@@ -300,7 +309,10 @@ impl IsZero for Metrics {
 impl Semigroup for Metrics {
     fn plus_equals(&mut self, rhs: &Self) {
         let mut r = *rhs;
-        for (a, b) in self.fields().into_iter().zip(r.fields()) {
+        for (a, b) in self.counts().into_iter().zip(r.counts()) {
+            *a += *b;
+        }
+        for (a, b) in self.money().into_iter().zip(r.money()) {
             *a += *b;
         }
     }
@@ -314,7 +326,10 @@ impl Monoid for Metrics {
 
 impl Abelian for Metrics {
     fn negate(&mut self) {
-        for a in self.fields() {
+        for a in self.counts() {
+            *a = -*a;
+        }
+        for a in self.money() {
             *a = -*a;
         }
     }
@@ -323,11 +338,29 @@ impl Abelian for Metrics {
 impl Multiply<isize> for Metrics {
     type Output = Metrics;
     fn multiply(mut self, rhs: &isize) -> Metrics {
-        for a in self.fields() {
+        for a in self.counts() {
             *a *= *rhs as i64;
+        }
+        for a in self.money() {
+            *a *= *rhs as SumFen;
         }
         self
     }
+}
+
+/// A money sum as a table field: exact while it fits `i64` fen; beyond that it saturates and
+/// the saturation is logged (never a wrapped, negative total). See [`adflow_model::money`].
+pub fn fen_field(table: &str, field: &str, sum: SumFen) -> i64 {
+    let (v, saturated) = sum_to_fen(sum);
+    if saturated {
+        tracing::error!(
+            table,
+            field,
+            sum = %sum,
+            "money sum beyond the Int64 fen range; the field shows the saturated value"
+        );
+    }
+    v
 }
 
 /// Start of the window of length `len` (epoch-aligned) containing `ts`.

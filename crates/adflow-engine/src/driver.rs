@@ -2,7 +2,7 @@
 //! dataflow, and hands released output changes to the sinks.
 
 use crate::ops::{dedup, output_stage, DedupStats, OutputBuffer};
-use crate::{to_time, Diff, EngineError, OutRec, Program, Time, NEVER};
+use crate::{to_time, Diff, EngineError, Freeze, OutRec, Program, Time};
 use adflow_model::config::Settings;
 use adflow_model::event::{parse_event, raw_excerpt, Event, ParseConfig};
 use adflow_model::output::DeadLetterRow;
@@ -218,7 +218,7 @@ impl Ingest<'_> {
         report.dead_letters += 1;
         let at = cur.max(floor);
         if dead_letters {
-            dl_in.update_at((dead_letter(msg, reason), NEVER), at, 1);
+            dl_in.update_at((dead_letter(msg, reason), Freeze::NEVER), at, 1);
         }
         Ingested::Rejected { at }
     }

@@ -44,11 +44,72 @@ pub type Time = u64;
 pub type Diff = isize;
 /// A differential collection in the engine's scope.
 pub type Col<'s, D, R = Diff> = VecCollection<'s, Time, D, R>;
-/// An output record: the row, and the time from which updates to it are expiry artefacts
-/// ([`NEVER`] when the row never freezes).
-pub type OutRec = (OutputRow, Time);
+/// An output record: the row, and when updates to it become expiry artefacts ([`Freeze`]).
+pub type OutRec = (OutputRow, Freeze);
 /// A freeze time that never comes.
 pub const NEVER: Time = Time::MAX;
+
+/// When updates to an output row become expiry artefacts, which the output stage does not write
+/// (the row stays as it was last written).
+///
+/// A row freezes on its own at `at`: the earliest time one of its inputs leaves the dataflow.
+/// Rows computed together from one group of inputs (a waybill's tracks and owner) can also
+/// freeze as a *group*: once any row of the group has reached its `at`, i.e. once any input of
+/// the group has left, every later update of every row of the group is an artefact — including
+/// rows that appear only because an input left (an interval without its expired order) — until
+/// `until`, when the group's last input has left and the group is forgotten.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Freeze {
+    /// Updates at or after this time are not written.
+    pub at: Time,
+    /// 0: the row freezes on its own; otherwise the group's fingerprint ([`group_id`]).
+    pub group: u128,
+    /// When the group's last input leaves the dataflow (unused without a group).
+    pub until: Time,
+}
+
+impl Freeze {
+    /// A row that never freezes.
+    pub const NEVER: Freeze = Freeze {
+        at: NEVER,
+        group: 0,
+        until: 0,
+    };
+
+    /// A row that freezes on its own at `at`.
+    pub fn at(at: Time) -> Freeze {
+        Freeze {
+            at,
+            group: 0,
+            until: 0,
+        }
+    }
+
+    /// A row of freeze group `group` ([`group_id`]) whose own inputs' earliest expiry is `at`
+    /// and whose group's last input leaves at `until`.
+    pub fn grouped(at: Time, group: u128, until: Time) -> Freeze {
+        Freeze { at, group, until }
+    }
+}
+
+impl From<Time> for Freeze {
+    fn from(at: Time) -> Freeze {
+        Freeze::at(at)
+    }
+}
+
+/// A freeze group's fingerprint: 128-bit XXH3 of the length-prefixed parts, the same on every
+/// worker and process, never 0.
+pub fn group_id(parts: &[&[u8]]) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.digest128().max(1)
+}
 
 /// Converts a validated event time (never negative) to logical time.
 pub fn to_time(ts: i64) -> Time {

@@ -284,6 +284,7 @@ pub fn output_stage<'s>(
     // Updates not yet released, by time: releasing splits the map, never scans what stays.
     let mut pending: BTreeMap<Time, Vec<(OutRec, Diff)>> = BTreeMap::new();
     let mut released: Time = 0;
+    let mut groups = FreezeGroups::default();
     records.inner.sink(
         Exchange::new(move |_: &(OutRec, Time, Diff)| target),
         "OutputStage",
@@ -309,7 +310,7 @@ pub fn output_stage<'s>(
             // Times come in order; within a time, equal rows are summed (sorted only when the
             // time has more than one update).
             for (t, mut updates) in due {
-                updates.retain(|((_, freeze), _)| t < *freeze);
+                groups.retain(t, &mut updates);
                 if updates.len() > 1 {
                     updates.sort_unstable_by(|a, b| a.0 .0.cmp(&b.0 .0));
                 }
@@ -335,6 +336,81 @@ pub fn output_stage<'s>(
         },
     );
 }
+
+/// The output stage's freeze rule ([`crate::Freeze`]): which updates of one time are written.
+/// Holds, per freeze group seen, the earliest freeze time of its rows and when it is forgotten.
+#[derive(Debug, Default)]
+pub(crate) struct FreezeGroups {
+    groups: std::collections::HashMap<u128, GroupState, FastHash>,
+    /// Group ids by the `until` they were last extended to (stale entries are skipped).
+    forget: BTreeMap<Time, Vec<u128>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct GroupState {
+    /// The earliest `at` of the group's rows: from then on the group is frozen.
+    frozen_at: Time,
+    /// The group is forgotten after this.
+    until: Time,
+}
+
+impl FreezeGroups {
+    /// Keeps the updates of time `t` (times come in increasing order) that are not expiry
+    /// artefacts: an ungrouped row's updates before its `at`; a group's updates only while
+    /// none of its rows has reached its `at` — at the first time one has, all of the group's
+    /// updates at that time and after are dropped, until the group's `until` has passed.
+    pub(crate) fn retain(&mut self, t: Time, updates: &mut Vec<(OutRec, Diff)>) {
+        while let Some(entry) = self.forget.first_entry() {
+            if *entry.key() >= t {
+                break;
+            }
+            let end = *entry.key();
+            for g in entry.remove() {
+                if self.groups.get(&g).is_some_and(|s| s.until <= end) {
+                    self.groups.remove(&g);
+                }
+            }
+        }
+        if updates.iter().all(|((_, f), _)| f.group == 0) {
+            updates.retain(|((_, f), _)| t < f.at);
+            return;
+        }
+        let mut frozen: Vec<u128> = Vec::new();
+        for ((_, f), _) in updates.iter() {
+            if f.group == 0 {
+                continue;
+            }
+            let s = self.groups.entry(f.group).or_insert(GroupState {
+                frozen_at: NEVER_TIME,
+                until: 0,
+            });
+            if t >= f.at || t >= s.frozen_at {
+                frozen.push(f.group);
+            }
+            s.frozen_at = s.frozen_at.min(f.at);
+            if f.until > s.until {
+                s.until = f.until;
+                self.forget.entry(f.until).or_default().push(f.group);
+            }
+        }
+        frozen.sort_unstable();
+        frozen.dedup();
+        updates.retain(|((_, f), _)| {
+            if f.group == 0 {
+                t < f.at
+            } else {
+                frozen.binary_search(&f.group).is_err()
+            }
+        });
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.groups.len()
+    }
+}
+
+const NEVER_TIME: Time = crate::NEVER;
 
 /// Appends `|r|` changes of `row` (none when `r` is 0).
 fn push_change(out: &mut Vec<Change>, row: OutputRow, version: i64, r: Diff) {
@@ -388,6 +464,117 @@ mod tests {
             );
         }
     }
+    fn row(name: &str) -> OutputRow {
+        OutputRow::DeadLetter(adflow_model::output::DeadLetterRow {
+            stream: name.into(),
+            position: String::new(),
+            raw: String::new(),
+            reason: String::new(),
+            seen_ts: 0,
+        })
+    }
+
+    fn kept(
+        g: &mut FreezeGroups,
+        t: Time,
+        updates: Vec<(&str, crate::Freeze, Diff)>,
+    ) -> Vec<String> {
+        let mut u: Vec<(OutRec, Diff)> = updates
+            .into_iter()
+            .map(|(n, f, r)| ((row(n), f), r))
+            .collect();
+        g.retain(t, &mut u);
+        u.into_iter()
+            .map(|((r, _), d)| match r {
+                OutputRow::DeadLetter(x) => format!("{}{:+}", x.stream, d),
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ungrouped_rows_freeze_on_their_own() {
+        let mut g = FreezeGroups::default();
+        let f = crate::Freeze::at(100);
+        assert_eq!(kept(&mut g, 99, vec![("a", f, 1)]), ["a+1"]);
+        assert!(kept(&mut g, 100, vec![("a", f, -1)]).is_empty());
+        assert_eq!(
+            kept(&mut g, 100, vec![("n", crate::Freeze::NEVER, 1)]),
+            ["n+1"]
+        );
+        assert_eq!(g.len(), 0);
+    }
+
+    #[test]
+    fn a_group_freezes_at_its_first_expiry_and_no_row_appears_after_it() {
+        let mut g = FreezeGroups::default();
+        let (id, until) = (7u128, 500);
+        let early = crate::Freeze::grouped(100, id, until);
+        // Rows computed without the input that left at 100 carry a later freeze time.
+        let later = crate::Freeze::grouped(300, id, until);
+        assert_eq!(
+            kept(&mut g, 10, vec![("a", early, 1), ("b", early, 1)]),
+            ["a+1", "b+1"]
+        );
+        // At 100 the order leaves: `a` is recomputed without it (a new row `a2`), `b` keeps
+        // its content but its freeze moves. Nothing of the group is written.
+        let at_expiry = vec![
+            ("a", early, -1),
+            ("a2", later, 1),
+            ("b", early, -1),
+            ("b", later, 1),
+        ];
+        assert!(kept(&mut g, 100, at_expiry).is_empty());
+        // Later changes of the group (a new track, the next expiry) are artefacts too.
+        assert!(kept(&mut g, 200, vec![("c", later, 1)]).is_empty());
+        assert!(kept(&mut g, 300, vec![("a2", later, -1)]).is_empty());
+        // Other groups and ungrouped rows are unaffected.
+        let other = crate::Freeze::grouped(400, 8, 900);
+        assert_eq!(kept(&mut g, 300, vec![("x", other, 1)]), ["x+1"]);
+        // After `until`, the group is forgotten: a waybill seen again is a new group.
+        assert_eq!(g.len(), 2);
+        assert_eq!(
+            kept(
+                &mut g,
+                501,
+                vec![("d", crate::Freeze::grouped(2000, id, 3000), 1)]
+            ),
+            ["d+1"]
+        );
+        assert_eq!(g.len(), 2);
+        assert!(kept(&mut g, 901, vec![]).is_empty());
+        assert_eq!(g.len(), 1);
+    }
+
+    #[test]
+    fn a_group_extended_by_a_new_input_is_remembered_until_its_new_end() {
+        let mut g = FreezeGroups::default();
+        let id = 9u128;
+        assert_eq!(
+            kept(
+                &mut g,
+                10,
+                vec![("a", crate::Freeze::grouped(100, id, 200), 1)]
+            ),
+            ["a+1"]
+        );
+        // A track arrives after the group froze: it extends the group's life to 800.
+        assert!(kept(
+            &mut g,
+            150,
+            vec![("b", crate::Freeze::grouped(100, id, 800), 1)]
+        )
+        .is_empty());
+        // Past the old end the group is still frozen.
+        assert!(kept(
+            &mut g,
+            300,
+            vec![("b", crate::Freeze::grouped(700, id, 800), 1)]
+        )
+        .is_empty());
+        assert_eq!(g.len(), 1);
+    }
+
     #[test]
     fn dedup_keys_expire_by_the_slower_of_frontier_and_event_clock() {
         let h = 3_600_000;

@@ -2,7 +2,7 @@
 //! exactly which changes each step releases — the `(row, version, sign)` deltas.
 
 use crate::driver::build_dataflow;
-use crate::{to_time, EngineError, Program, NEVER};
+use crate::{to_time, EngineError, Program};
 use adflow_model::config::Settings;
 use adflow_model::event::{parse_event, ParseConfig};
 use adflow_model::output::DeadLetterRow;
@@ -59,7 +59,7 @@ pub fn run_steps(
                             reason,
                             seen_ts: 0,
                         });
-                        b.dl_in.update((row, NEVER), 1);
+                        b.dl_in.update((row, crate::Freeze::NEVER), 1);
                     }
                 }
             }

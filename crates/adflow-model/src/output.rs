@@ -79,6 +79,18 @@ impl<const SCALE: u32> Fixed<SCALE> {
         let scale = 10i128.pow(SCALE);
         Fixed(div_round_half_away(num as i128 * scale, den as i128) as i64)
     }
+
+    /// [`Fixed::from_ratio`] of a wide numerator (a money sum): the result saturates at the
+    /// `i64` bounds instead of wrapping. `den` must be non-zero.
+    pub fn from_wide_ratio(num: i128, den: i128) -> Self {
+        let scale = 10i128.pow(SCALE);
+        let q = match num.checked_mul(scale) {
+            Some(n) if n.checked_mul(2).is_some() => div_round_half_away(n, den),
+            // |num × 10^SCALE| beyond i128/2: divide first (the quotient is far beyond i64).
+            _ => num / den * scale,
+        };
+        Fixed(q.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
+    }
 }
 
 /// Integer division rounding half away from zero. `den` must be non-zero.
