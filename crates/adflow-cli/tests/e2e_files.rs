@@ -262,3 +262,147 @@ fn a_far_future_event_is_warned_about() {
         "{stderr}"
     );
 }
+
+/// Current rows of `table` in `out` (canonical JSON), each with its key fields.
+fn current_keys(out: &Path, table: &str, key: &[&str]) -> Vec<(String, String)> {
+    let all = common::contents(out);
+    all[table]
+        .iter()
+        .filter(|(_, s)| **s > 0)
+        .map(|(row, _)| {
+            let v: serde_json::Value = serde_json::from_str(row).unwrap();
+            let k = key
+                .iter()
+                .map(|f| v[*f].to_string())
+                .collect::<Vec<_>>()
+                .join("|");
+            (k, row.clone())
+        })
+        .collect()
+}
+
+const TABLE_KEYS: [(&str, &[&str]); 6] = [
+    ("anomalies", &["kind", "key", "opened_ts"]),
+    ("order_status", &["order_id"]),
+    ("campaign_metrics", &["campaign_id", "channel", "hour"]),
+    ("attribution", &["order_id", "click_event_id", "model"]),
+    ("triggers", &["trigger_id"]),
+    ("suppressed_persons", &["person_id", "reason"]),
+];
+
+/// A stream longer than the state retention (24 days against 14): expiry never duplicates a
+/// row, so every table's keys are unique among its current rows (before the fix, parcel
+/// intervals got a second current row with a null order once their order expired).
+#[test]
+fn a_stream_longer_than_the_retention_keeps_every_tables_keys_unique() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    generate(&input, 3, 300, 24);
+    let out = tmp.path().join("out");
+    run(&input, &out, 2);
+    for (table, key) in TABLE_KEYS {
+        let rows = current_keys(&out, table, key);
+        assert!(!rows.is_empty(), "{table} is empty");
+        let mut seen = std::collections::BTreeMap::new();
+        for (k, row) in rows {
+            if let Some(prev) = seen.insert(k.clone(), row.clone()) {
+                panic!("{table}: key {k} has two current rows:\n{prev}\n{row}");
+            }
+        }
+    }
+}
+
+/// One valid event 15 days after the rest moves event time past the retention of every window:
+/// the `cpc_spike` and `no_impressions` rows stay exactly as they were (before the fix, their
+/// baselines expired first and every one of them was retracted).
+#[test]
+fn expiry_leaves_emitted_window_anomalies_as_they_were() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    generate(&input, 11, 250, 4);
+    let windows = |out: &Path| -> Vec<String> {
+        current_keys(out, "anomalies", &["kind"])
+            .into_iter()
+            .filter(|(k, _)| k.contains("cpc_spike") || k.contains("no_impressions"))
+            .map(|(_, r)| r)
+            .collect()
+    };
+    let before = tmp.path().join("before");
+    run(&input, &before, 2);
+    let expected = windows(&before);
+    assert!(
+        expected.iter().any(|r| r.contains("cpc_spike"))
+            && expected.iter().any(|r| r.contains("no_impressions")),
+        "the data set has no window anomalies: {expected:?}"
+    );
+    let ads = input.join("ad_events.jsonl");
+    let max_ts = std::fs::read_to_string(&ads)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["ts"].as_i64())
+        .max()
+        .unwrap();
+    let late = format!(
+        r#"{{"type":"impression","event_id":"far-later","ts":{},"campaign_id":"c-later","channel":"douyin","device_id":"d-later"}}"#,
+        max_ts + 15 * 86_400_000
+    );
+    let mut text = std::fs::read_to_string(&ads).unwrap();
+    text.push_str(&late);
+    text.push('\n');
+    std::fs::write(&ads, text).unwrap();
+    let after = tmp.path().join("after");
+    run(&input, &after, 2);
+    assert_eq!(windows(&after), expected);
+}
+
+/// Amounts above the documented maximum are dead letters naming it; sums never wrap.
+#[test]
+fn absurd_amounts_are_dead_letters_and_sums_do_not_wrap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let ts = 1_717_200_000_000i64;
+    let mut orders = String::new();
+    for (i, amount) in [
+        "\"50000000000000000.00\"",
+        "\"50000000000000000.00\"",
+        "\"10000000000.00\"",
+        "10000000000",
+    ]
+    .iter()
+    .enumerate()
+    {
+        orders.push_str(&format!(
+            r#"{{"type":"order","event_id":"o{i}","ts":{},"order_id":"o{i}","user_id":"u1","amount":{amount}}}"#,
+            ts + i as i64
+        ));
+        orders.push('\n');
+    }
+    std::fs::write(input.join("orders.jsonl"), orders).unwrap();
+    std::fs::write(
+        input.join("ad_events.jsonl"),
+        format!(
+            r#"{{"type":"click","event_id":"c1","ts":{},"campaign_id":"c","channel":"douyin","device_id":"d1","user_id":"u1","cost":"1e11"}}"#,
+            ts - 1000
+        ) + "\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    run(&input, &out, 2);
+    let all = common::contents(&out);
+    let dead: Vec<&String> = all["dead_letters"].keys().collect();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert!(
+        dead.iter()
+            .all(|r| r.contains("above the maximum of 10000000000.00 CNY")),
+        "{dead:?}"
+    );
+    let status: Vec<&String> = all["order_status"].keys().collect();
+    assert_eq!(status.len(), 2, "{status:?}");
+    assert!(
+        status
+            .iter()
+            .all(|r| r.contains(r#""amount_fen":1000000000000"#)),
+        "{status:?}"
+    );
+}
