@@ -18,6 +18,12 @@
 //! query_request_type = 8001
 //! [http]
 //! timeout_ms = 3000
+//! [receiver]             # the push receiver's connection limits (these are the defaults)
+//! header_timeout_ms = 10000
+//! body_timeout_ms = 30000
+//! idle_timeout_ms = 60000
+//! max_connections = 256
+//! max_body_bytes = 2097152
 //! [kuaidi100]
 //! customer = "..."
 //! key = "..."
@@ -73,6 +79,9 @@ pub struct KdniaoConfig {
     /// The safety-net poller of quiet waybills.
     #[serde(default)]
     pub poll: PollConfig,
+    /// Connection timeouts and limits of the push receiver (`adflow kdniao receive`).
+    #[serde(default)]
+    pub receiver: ReceiverConfig,
     /// Backup provider; failover is disabled when absent.
     #[serde(default)]
     pub kuaidi100: Option<Kuaidi100Config>,
@@ -206,6 +215,80 @@ impl Default for PollConfig {
     }
 }
 
+/// The push receiver's protection against slow, silent and oversized clients. Every
+/// value must be at least 1.
+///
+/// The three timeouts split a connection's life as an HTTP/1.1 server sees it:
+/// * `header_timeout_ms`: a request's head (request line and headers) must be complete
+///   this long after the connection was accepted (first request) or after its first byte
+///   arrived (later requests on a kept-alive connection); else the connection is closed.
+/// * `body_timeout_ms`: once the head is in, the whole body must arrive within this long;
+///   else the push is answered HTTP 408 (Kdniao's JSON reply, `Success:false`).
+/// * `idle_timeout_ms`: a kept-alive connection may wait this long after a response for
+///   the first byte of its next request; else it is closed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiverConfig {
+    /// Deadline for a request head, in milliseconds. Default 10000.
+    pub header_timeout_ms: u64,
+    /// Deadline for a request body once its head is in, in milliseconds. Default 30000.
+    pub body_timeout_ms: u64,
+    /// How long a kept-alive connection may sit idle between requests, in milliseconds.
+    /// Default 60000.
+    pub idle_timeout_ms: u64,
+    /// Connections served at once. Beyond it new connections are not accepted: they wait
+    /// in the listen backlog (bounded by the kernel) until a connection ends. Default 256.
+    pub max_connections: usize,
+    /// Largest request body accepted, in bytes; a larger one is answered HTTP 413 with
+    /// Kdniao's JSON reply (`Success:false`). Default 2097152 (2 MiB).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 256,
+            max_body_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+
+impl ReceiverConfig {
+    /// The request-head deadline.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+    /// The request-body deadline.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+    /// The keep-alive idle limit.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// Checks that every value is at least 1.
+    pub fn validate(&self) -> Result<(), KdniaoError> {
+        for (name, value) in [
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("body_timeout_ms", self.body_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("max_connections", self.max_connections as u64),
+            ("max_body_bytes", self.max_body_bytes as u64),
+        ] {
+            if value == 0 {
+                return Err(KdniaoError::Config(format!(
+                    "receiver.{name} must be at least 1"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Kuaidi100 backup provider.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -249,6 +332,7 @@ impl KdniaoConfig {
             subscribe_request_type: default_subscribe_type(),
             http: HttpConfig::default(),
             poll: PollConfig::default(),
+            receiver: ReceiverConfig::default(),
             kuaidi100: None,
             state_dir: None,
         }
@@ -340,6 +424,7 @@ impl KdniaoConfig {
                 "http.rate_limit_per_sec must be > 0 and http.burst >= 1".into(),
             ));
         }
+        self.receiver.validate()?;
         if let Some(k) = &self.kuaidi100 {
             if k.customer.is_empty() || k.key.is_empty() || !is_positive(k.rate_limit_per_sec) {
                 return Err(KdniaoError::Config(
@@ -385,6 +470,34 @@ mod tests {
         );
         cfg.validate().unwrap();
         assert!(!format!("{cfg:?}").contains("env-key"));
+    }
+
+    #[test]
+    fn receiver_limits_have_defaults_and_are_validated() {
+        let cfg = KdniaoConfig::from_toml_str("ebusiness_id = \"1\"\napp_key = \"k\"\n").unwrap();
+        assert_eq!(cfg.receiver, ReceiverConfig::default());
+        assert_eq!(cfg.receiver.header_timeout(), Duration::from_secs(10));
+        assert_eq!(cfg.receiver.body_timeout(), Duration::from_secs(30));
+        assert_eq!(cfg.receiver.idle_timeout(), Duration::from_secs(60));
+        assert_eq!(
+            (cfg.receiver.max_connections, cfg.receiver.max_body_bytes),
+            (256, 2 * 1024 * 1024)
+        );
+        let cfg = KdniaoConfig::from_toml_str(
+            "ebusiness_id = \"1\"\napp_key = \"k\"\n[receiver]\nheader_timeout_ms = 500\nmax_connections = 8\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.receiver.header_timeout_ms, 500);
+        assert_eq!(cfg.receiver.max_connections, 8);
+        assert_eq!(cfg.receiver.body_timeout_ms, 30_000);
+        cfg.validate().unwrap();
+        let cfg = KdniaoConfig::from_toml_str(
+            "ebusiness_id = \"1\"\napp_key = \"k\"\n[receiver]\nmax_connections = 0\n",
+        )
+        .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("receiver.max_connections"), "{err}");
+        assert!(KdniaoConfig::from_toml_str("[receiver]\nheader_timeout = 5\n").is_err());
     }
 
     #[test]

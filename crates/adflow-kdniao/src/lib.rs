@@ -8,8 +8,10 @@
 //!   spec §1 `logistics` `track` events with stable `event_id`s.
 //! * [`sink`]: the [`sink::TrackPublisher`] trait (file implementation here; the Kafka one is
 //!   `adflow_kafka::KafkaTrackPublisher`, so this crate needs no Kafka client) and the
-//!   deduplicating [`sink::TrackSink`].
-//! * [`receiver`]: the HTTP push receiver; [`subscribe`]: subscriptions and the poller.
+//!   deduplicating [`sink::TrackSink`]; [`dead_letter`]: traces that cannot become events,
+//!   kept in `<state_dir>/dead_letters.jsonl`.
+//! * [`receiver`]: the HTTP push receiver (with header, body and idle timeouts, a body
+//!   limit and a connection limit); [`subscribe`]: subscriptions and the poller.
 //! * [`sandbox`]: a stand-in Kdniao/Kuaidi100 server for tests and demos; [`replay`] turns a
 //!   `logistics.jsonl` into its waybills.
 //! * [`cli`]: [`KdniaoCommand`] and [`run`], mounted by the binary as `adflow kdniao`.
@@ -20,6 +22,7 @@ pub mod answer;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dead_letter;
 pub mod error;
 pub mod kuaidi100;
 pub mod ratelimit;

@@ -6,6 +6,10 @@
 //! `emitted.jsonl` in the state directory. A crash between the two can re-emit the same
 //! events with the same `event_id`s, which the pipeline's dedup absorbs (at-least-once);
 //! it can never lose one.
+//!
+//! A trace that cannot become an event (its time does not parse) becomes a dead letter
+//! ([`crate::dead_letter`]): appended to `dead_letters.jsonl` in the state directory and
+//! fsync'd before the events of the same call are published, once per distinct trace.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -19,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::answer::KdniaoAnswer;
+use crate::dead_letter::{DeadLetterRecord, DEAD_LETTERS_FILE};
 use crate::error::{KdniaoError, PublishError};
 use crate::track::{answer_to_events, BadTrace, TraceRole, TrackEvent};
 
@@ -116,6 +121,8 @@ struct Store {
     ids: HashSet<String>,
     trace_keys: HashSet<(String, i64)>,
     status: HashMap<String, WaybillStatus>,
+    /// Ids of the dead letters in `dead_letters.jsonl`.
+    dead_ids: HashSet<String>,
 }
 
 impl Store {
@@ -144,8 +151,11 @@ pub struct SinkMetrics {
     pub duplicates: AtomicU64,
     /// Inferred events dropped because their (waybill, time) was already emitted.
     pub inferred_suppressed: AtomicU64,
-    /// Traces skipped for an unparseable time.
+    /// Traces skipped for an unparseable (or missing) time, every time one is seen: a
+    /// re-pushed bad trace counts again.
     pub bad_traces: AtomicU64,
+    /// Dead letters written: distinct bad traces, each once.
+    pub dead_letters: AtomicU64,
     /// Items skipped as unusable.
     pub rejected_items: AtomicU64,
 }
@@ -161,6 +171,8 @@ pub struct IngestReport {
     pub suppressed: usize,
     /// Traces skipped.
     pub bad_traces: Vec<BadTrace>,
+    /// Dead letters written by this call (bad traces not seen before).
+    pub dead_letters: Vec<DeadLetterRecord>,
     /// Items skipped, with reasons.
     pub rejected_items: Vec<String>,
 }
@@ -170,6 +182,7 @@ pub struct IngestReport {
 pub struct TrackSink {
     publisher: Arc<dyn TrackPublisher>,
     emitted_path: PathBuf,
+    dead_letters_path: PathBuf,
     store: Mutex<Store>,
     /// Counters.
     pub metrics: SinkMetrics,
@@ -180,13 +193,15 @@ impl std::fmt::Debug for TrackSink {
         f.debug_struct("TrackSink")
             .field("publisher", &self.publisher.describe())
             .field("emitted_path", &self.emitted_path)
+            .field("dead_letters_path", &self.dead_letters_path)
             .finish()
     }
 }
 
 impl TrackSink {
-    /// Opens the sink: loads `state_dir/emitted.jsonl` (created on first write).
-    /// Unreadable lines in it are skipped with a warning.
+    /// Opens the sink: loads `state_dir/emitted.jsonl` and the ids of
+    /// `state_dir/dead_letters.jsonl` (each created on first write). Unreadable lines in
+    /// them are skipped with a warning.
     pub fn open(publisher: Arc<dyn TrackPublisher>, state_dir: &Path) -> Result<Self, KdniaoError> {
         std::fs::create_dir_all(state_dir).map_err(|e| KdniaoError::io(state_dir, e))?;
         let emitted_path = state_dir.join("emitted.jsonl");
@@ -209,26 +224,39 @@ impl TrackSink {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(KdniaoError::io(&emitted_path, e)),
         }
-        tracing::info!(publisher = %publisher.describe(), known_ids = store.ids.len(), "track sink opened");
+        let dead_letters_path = state_dir.join(DEAD_LETTERS_FILE);
+        store.dead_ids = load_dead_letter_ids(&dead_letters_path)?;
+        tracing::info!(publisher = %publisher.describe(), known_ids = store.ids.len(), dead_letters = store.dead_ids.len(), "track sink opened");
         Ok(TrackSink {
             publisher,
             emitted_path,
+            dead_letters_path,
             store: Mutex::new(store),
             metrics: SinkMetrics::default(),
         })
     }
 
-    /// Converts `answers`, drops what was already emitted, publishes the rest durably and
-    /// records their ids. Returns only after both are durable.
+    /// Converts `answers`, writes the dead letters of bad traces not seen before, drops
+    /// what was already emitted, publishes the rest durably and records their ids. Returns
+    /// only after all of it is durable; on an error nothing of what failed is recorded, so
+    /// a retry of the same answers writes it again.
     pub async fn ingest(&self, answers: &[KdniaoAnswer]) -> Result<IngestReport, PublishError> {
         let mut store = self.store.lock().await;
         let mut report = IngestReport::default();
         let mut batch_ids = HashSet::new();
         let mut batch_keys = HashSet::new();
+        let seen_ts = chrono::Utc::now().timestamp_millis();
+        let mut batch_dead = HashSet::new();
         for answer in answers {
             let conv = answer_to_events(answer);
             for bad in &conv.bad_traces {
-                tracing::warn!(logistic_code = %bad.logistic_code, accept_time = %bad.accept_time, reason = %bad.reason, "skipping bad trace");
+                let letter = DeadLetterRecord::from_bad_trace(bad, seen_ts);
+                if store.dead_ids.contains(&letter.id) || !batch_dead.insert(letter.id.clone()) {
+                    tracing::debug!(position = %letter.position, "bad trace already a dead letter");
+                    continue;
+                }
+                tracing::warn!(position = %letter.position, reason = %letter.reason, "bad trace becomes a dead letter");
+                report.dead_letters.push(letter);
             }
             report.bad_traces.extend(conv.bad_traces);
             if let Some(r) = conv.rejected {
@@ -264,6 +292,25 @@ impl TrackSink {
         self.metrics
             .inferred_suppressed
             .fetch_add(report.suppressed as u64, Ordering::Relaxed);
+        if !report.dead_letters.is_empty() {
+            let mut buf = String::new();
+            for d in &report.dead_letters {
+                buf.push_str(&d.to_json_line());
+                buf.push('\n');
+            }
+            let path = self.dead_letters_path.clone();
+            let p2 = path.clone();
+            tokio::task::spawn_blocking(move || append_synced(&p2, buf.as_bytes()))
+                .await
+                .map_err(|e| PublishError::Other(format!("writer task failed: {e}")))?
+                .map_err(|source| PublishError::Io { path, source })?;
+            for d in &report.dead_letters {
+                store.dead_ids.insert(d.id.clone());
+            }
+            self.metrics
+                .dead_letters
+                .fetch_add(report.dead_letters.len() as u64, Ordering::Relaxed);
+        }
         if report.written.is_empty() {
             return Ok(report);
         }
@@ -300,8 +347,38 @@ impl TrackSink {
         Ok(report)
     }
 
+    /// The dead-letter file (`<state_dir>/dead_letters.jsonl`).
+    pub fn dead_letters_path(&self) -> &Path {
+        &self.dead_letters_path
+    }
+
     /// The latest emitted state of a waybill, if any.
     pub async fn status(&self, logistic_code: &str) -> Option<WaybillStatus> {
         self.store.lock().await.status.get(logistic_code).cloned()
     }
+}
+
+/// The ids in a dead-letter file (none when it does not exist yet).
+fn load_dead_letter_ids(path: &Path) -> Result<HashSet<String>, KdniaoError> {
+    let mut ids = HashSet::new();
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+        Err(e) => return Err(KdniaoError::io(path, e)),
+    };
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| KdniaoError::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<DeadLetterRecord>(&line) {
+            Ok(r) => {
+                ids.insert(r.id);
+            }
+            Err(e) => {
+                tracing::warn!(line = n + 1, error = %e, "skipping unreadable dead-letter record")
+            }
+        }
+    }
+    Ok(ids)
 }

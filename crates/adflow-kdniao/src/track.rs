@@ -16,7 +16,8 @@
 //!    state when later pushes make it an earlier trace.
 //!
 //! Traces are sorted by time (ties keep the answer's order). Traces with an unparseable
-//! time are reported in [`Conversion::bad_traces`] and skipped; the rest are kept.
+//! time are reported in [`Conversion::bad_traces`] (with their raw text, for a dead letter)
+//! and skipped; the rest are kept.
 //!
 //! # event_id
 //! `kdn-` + lower-case hex MD5 of `"<logistic_code>|<ts_ms>|<state>|<state_ex>"`: the
@@ -26,7 +27,7 @@
 
 use serde::Serialize;
 
-use crate::answer::{parse_kdniao_time, KdniaoAnswer};
+use crate::answer::{parse_kdniao_time, KdniaoAnswer, RawTrace};
 use crate::sign::md5_hex_lower;
 
 /// Cleans a waybill number: trim, drop spaces and `-`, upper-case letters.
@@ -135,12 +136,45 @@ pub enum TraceRole {
 /// A trace that could not be turned into an event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BadTrace {
+    /// Carrier code (upper case).
+    pub shipper_code: String,
     /// Cleaned waybill number.
     pub logistic_code: String,
+    /// Index of the trace in the answer's `Traces` as sent.
+    pub index: usize,
     /// The raw `AcceptTime` (or empty when absent).
     pub accept_time: String,
+    /// The trace as JSON (fields that were absent or null left out, mobile numbers in its
+    /// text fields masked).
+    pub raw: String,
     /// Why it was skipped.
     pub reason: String,
+}
+
+/// The JSON text of a trace for a dead letter: absent fields left out, mobile numbers in
+/// `AcceptStation`, `Remark` and `Location` masked.
+fn trace_raw(trace: &RawTrace) -> String {
+    // Written by hand so that the field order is Kdniao's whatever serde_json's map order.
+    let fields = [
+        ("AcceptTime", &trace.accept_time, false),
+        ("AcceptStation", &trace.accept_station, true),
+        ("Remark", &trace.remark, true),
+        ("Action", &trace.action, false),
+        ("Location", &trace.location, true),
+    ];
+    let parts: Vec<String> = fields
+        .into_iter()
+        .filter_map(|(name, value, mask)| {
+            let v = value.as_deref()?;
+            let v = if mask { mask_phones(v) } else { v.to_string() };
+            // Serializing a string cannot fail.
+            Some(format!(
+                "\"{name}\":{}",
+                serde_json::to_string(&v).unwrap_or_default()
+            ))
+        })
+        .collect();
+    format!("{{{}}}", parts.join(","))
 }
 
 /// Result of converting one answer.
@@ -188,9 +222,16 @@ pub fn answer_to_events(answer: &KdniaoAnswer) -> Conversion {
         match parse_kdniao_time(&raw) {
             Some(ts) => timed.push((i, ts, t)),
             None => out.bad_traces.push(BadTrace {
+                shipper_code: shipper_code.clone(),
                 logistic_code: logistic_code.clone(),
+                index: i,
+                raw: trace_raw(t),
+                reason: if raw.trim().is_empty() {
+                    "trace without AcceptTime".to_string()
+                } else {
+                    format!("unparseable AcceptTime {raw:?}")
+                },
                 accept_time: raw,
-                reason: "unparseable AcceptTime".to_string(),
             }),
         }
     }
@@ -250,7 +291,6 @@ pub fn answer_to_events(answer: &KdniaoAnswer) -> Conversion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::answer::RawTrace;
 
     #[test]
     fn waybill_cleaning() {
@@ -316,9 +356,14 @@ mod tests {
         assert_eq!(
             c.bad_traces,
             vec![BadTrace {
+                shipper_code: "ZTO".into(),
                 logistic_code: "75550001".into(),
+                index: 2,
                 accept_time: "2024-01-01 20:00:001".into(),
-                reason: "unparseable AcceptTime".into()
+                raw:
+                    r#"{"AcceptTime":"2024-01-01 20:00:001","AcceptStation":"broken","Action":"2"}"#
+                        .into(),
+                reason: "unparseable AcceptTime \"2024-01-01 20:00:001\"".into()
             }]
         );
     }

@@ -720,3 +720,58 @@ async fn progressive_replay_of_a_track_file_gives_back_its_tracks_in_time_order(
 fn text_reader(text: &str) -> std::io::BufReader<&[u8]> {
     std::io::BufReader::new(text.as_bytes())
 }
+
+/// 300 connections that never send a byte (more than `max_connections`) do not keep a valid
+/// push from being answered: silent connections are closed at the header timeout, and the push
+/// is answered `Success:true` well before any unbounded wait.
+#[tokio::test]
+async fn silent_connections_time_out_and_a_valid_push_still_gets_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox().await;
+    let out = dir.path().join("out");
+    let sink = Arc::new(
+        TrackSink::open(
+            Arc::new(FilePublisher::new(&out).unwrap()),
+            &out.join(".kdniao"),
+        )
+        .unwrap(),
+    );
+    let cfg = adflow_kdniao::config::ReceiverConfig {
+        header_timeout_ms: 500,
+        max_connections: 64,
+        ..Default::default()
+    };
+    let state = ReceiverState::with_settings(EBID.into(), Secret::new(KEY), sink, cfg);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let url = format!("http://{addr}/kdniao/push");
+    tokio::spawn(serve(listener, state.clone(), std::future::pending()));
+
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let (status, body) = tokio::time::timeout(
+        std::time::Duration::from_secs(8),
+        sb.push(push_to(&url, false)),
+    )
+    .await
+    .expect("the push was not answered while silent connections were open")
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["Success"],
+        true
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+    assert_eq!(output_lines(&out), expected_push_lines());
+    // The first silent connection was accepted and then closed by the header timeout.
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), silent[0].read(&mut buf))
+        .await
+        .expect("a silent connection stayed open past the header timeout")
+        .unwrap_or(0);
+    let _ = n; // closed (0) or an error reply (408) — either way it did not stay open.
+}
