@@ -775,3 +775,42 @@ async fn silent_connections_time_out_and_a_valid_push_still_gets_through() {
         .unwrap_or(0);
     let _ = n; // closed (0) or an error reply (408) — either way it did not stay open.
 }
+
+/// A body above `max_body_bytes` is answered HTTP 413 in Kdniao's JSON reply form.
+#[tokio::test]
+async fn an_oversized_body_gets_413_with_the_json_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let sink = Arc::new(
+        TrackSink::open(
+            Arc::new(FilePublisher::new(&out).unwrap()),
+            &out.join(".kdniao"),
+        )
+        .unwrap(),
+    );
+    let cfg = adflow_kdniao::config::ReceiverConfig {
+        max_body_bytes: 1024,
+        ..Default::default()
+    };
+    let state = ReceiverState::with_settings(EBID.into(), Secret::new(KEY), sink, cfg);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/kdniao/push", listener.local_addr().unwrap());
+    tokio::spawn(serve(listener, state.clone(), std::future::pending()));
+    let body = format!(
+        "RequestData={}&RequestType=101&DataSign=x",
+        "a".repeat(4096)
+    );
+    let res = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 413);
+    let reply: serde_json::Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+    assert_eq!(reply["EBusinessID"], EBID);
+    assert_eq!(reply["Success"], false);
+    assert!(!reply["Reason"].as_str().unwrap().is_empty(), "{reply}");
+    assert!(output_lines(&out).is_empty());
+}
