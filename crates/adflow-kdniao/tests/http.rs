@@ -82,6 +82,11 @@ struct Receiver {
 }
 
 async fn receiver(dir: &Path) -> Receiver {
+    receiver_with(dir, Default::default()).await
+}
+
+/// A receiver with the given timeouts and limits, serving on a loopback port.
+async fn receiver_with(dir: &Path, cfg: adflow_kdniao::config::ReceiverConfig) -> Receiver {
     let out = dir.join("out");
     let sink = Arc::new(
         TrackSink::open(
@@ -90,7 +95,7 @@ async fn receiver(dir: &Path) -> Receiver {
         )
         .unwrap(),
     );
-    let state = ReceiverState::new(EBID.into(), Secret::new(KEY), sink);
+    let state = ReceiverState::with_settings(EBID.into(), Secret::new(KEY), sink, cfg);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/kdniao/push", listener.local_addr().unwrap());
     tokio::spawn(serve(listener, state.clone(), std::future::pending()));
@@ -728,28 +733,21 @@ fn text_reader(text: &str) -> std::io::BufReader<&[u8]> {
 async fn silent_connections_time_out_and_a_valid_push_still_gets_through() {
     let dir = tempfile::tempdir().unwrap();
     let sb = sandbox().await;
-    let out = dir.path().join("out");
-    let sink = Arc::new(
-        TrackSink::open(
-            Arc::new(FilePublisher::new(&out).unwrap()),
-            &out.join(".kdniao"),
-        )
-        .unwrap(),
-    );
     let cfg = adflow_kdniao::config::ReceiverConfig {
         header_timeout_ms: 500,
         max_connections: 64,
         ..Default::default()
     };
-    let state = ReceiverState::with_settings(EBID.into(), Secret::new(KEY), sink, cfg);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let url = format!("http://{addr}/kdniao/push");
-    tokio::spawn(serve(listener, state.clone(), std::future::pending()));
+    let rx = receiver_with(dir.path(), cfg).await;
+    let (url, out) = (rx.url.clone(), rx.out.clone());
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/kdniao/push")
+        .to_string();
 
     let mut silent = Vec::new();
     for _ in 0..300 {
-        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        silent.push(tokio::net::TcpStream::connect(addr.as_str()).await.unwrap());
     }
     let started = std::time::Instant::now();
     let (status, body) = tokio::time::timeout(
@@ -780,22 +778,12 @@ async fn silent_connections_time_out_and_a_valid_push_still_gets_through() {
 #[tokio::test]
 async fn an_oversized_body_gets_413_with_the_json_reply() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let sink = Arc::new(
-        TrackSink::open(
-            Arc::new(FilePublisher::new(&out).unwrap()),
-            &out.join(".kdniao"),
-        )
-        .unwrap(),
-    );
     let cfg = adflow_kdniao::config::ReceiverConfig {
         max_body_bytes: 1024,
         ..Default::default()
     };
-    let state = ReceiverState::with_settings(EBID.into(), Secret::new(KEY), sink, cfg);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/kdniao/push", listener.local_addr().unwrap());
-    tokio::spawn(serve(listener, state.clone(), std::future::pending()));
+    let rx = receiver_with(dir.path(), cfg).await;
+    let (url, out) = (rx.url.clone(), rx.out.clone());
     let body = format!(
         "RequestData={}&RequestType=101&DataSign=x",
         "a".repeat(4096)
