@@ -88,6 +88,15 @@ impl TrackPublisher for FilePublisher {
     }
 }
 
+/// [`append_synced`] on a blocking thread.
+async fn append_synced_async(path: PathBuf, buf: String) -> Result<(), PublishError> {
+    let p2 = path.clone();
+    tokio::task::spawn_blocking(move || append_synced(&p2, buf.as_bytes()))
+        .await
+        .map_err(|e| PublishError::Other(format!("writer task failed: {e}")))?
+        .map_err(|source| PublishError::Io { path, source })
+}
+
 /// Appends `bytes` to `path` (created if missing) and fsyncs the file.
 pub(crate) fn append_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
@@ -298,12 +307,7 @@ impl TrackSink {
                 buf.push_str(&d.to_json_line());
                 buf.push('\n');
             }
-            let path = self.dead_letters_path.clone();
-            let p2 = path.clone();
-            tokio::task::spawn_blocking(move || append_synced(&p2, buf.as_bytes()))
-                .await
-                .map_err(|e| PublishError::Other(format!("writer task failed: {e}")))?
-                .map_err(|source| PublishError::Io { path, source })?;
+            append_synced_async(self.dead_letters_path.clone(), buf).await?;
             for d in &report.dead_letters {
                 store.dead_ids.insert(d.id.clone());
             }
@@ -326,12 +330,7 @@ impl TrackSink {
             buf.push_str(&serde_json::to_string(&rec).unwrap_or_default());
             buf.push('\n');
         }
-        let path = self.emitted_path.clone();
-        let p2 = path.clone();
-        tokio::task::spawn_blocking(move || append_synced(&p2, buf.as_bytes()))
-            .await
-            .map_err(|e| PublishError::Other(format!("writer task failed: {e}")))?
-            .map_err(|source| PublishError::Io { path, source })?;
+        append_synced_async(self.emitted_path.clone(), buf).await?;
         for e in &report.written {
             store.note(&e.event_id, &e.logistic_code, e.ts, e.code());
         }
