@@ -23,7 +23,7 @@ demo: build
 demo-kdniao: build
 	BIN=$(BIN) WORKERS=$(WORKERS) bash scripts/demo-kdniao.sh
 
-## test: install and start the test services (ClickHouse, tansu), run every test, stop them.
+## test: install and start the test services (ClickHouse, Redis, tansu), run every test, stop them.
 test:
 	bash scripts/test.sh
 
@@ -40,12 +40,14 @@ lint:
 
 services-up:
 	bash scripts/services/clickhouse.sh start
+	bash scripts/services/redis.sh start
 	bash scripts/services/tansu.sh install
 	bash scripts/services/tansu.sh start
 
 services-down:
 	-bash scripts/services/tansu.sh stop
 	-bash scripts/services/clickhouse.sh stop
+	-bash scripts/services/redis.sh stop
 
 clean:
 	rm -rf $(DEMO_DIR)

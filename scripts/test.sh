@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: installs what the tests need (idempotent, fast when present), starts the test
-# services on loopback, runs the whole test suite against them, and stops them again.
+# services (ClickHouse, Redis, tansu) on loopback, runs the whole test suite against them, and
+# stops them again.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -20,6 +21,12 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
 fi
 
+# promtool for the deploy/prometheus tests (Debian's prometheus package; no server is started).
+bash scripts/services/promtool.sh install >/dev/null
+
+# Headless Chromium for the dashboard test (Debian's chromium package; nothing is started).
+bash scripts/services/chromium.sh install >/dev/null
+
 # Start the tansu install first: it is the longest step and runs while we build.
 mkdir -p "$CARGO_TARGET_DIR"
 log "installing tansu (skipped when present)"
@@ -29,6 +36,7 @@ TANSU_INSTALL=$!
 cleanup() {
     bash scripts/services/tansu.sh stop >/dev/null 2>&1 || true
     bash scripts/services/clickhouse.sh stop >/dev/null 2>&1 || true
+    bash scripts/services/redis.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -38,6 +46,9 @@ cargo build --release --workspace --all-targets
 log "starting ClickHouse"
 export ADFLOW_CLICKHOUSE_URL="$(bash scripts/services/clickhouse.sh start)"
 
+log "starting Redis"
+export ADFLOW_REDIS_URL="$(bash scripts/services/redis.sh start)"
+
 log "waiting for the tansu install"
 if ! wait "$TANSU_INSTALL"; then
     cat "$CARGO_TARGET_DIR/tansu-install.log" >&2
@@ -46,5 +57,5 @@ fi
 log "starting tansu"
 export ADFLOW_KAFKA_BROKERS="$(bash scripts/services/tansu.sh start)"
 
-log "running tests (ClickHouse at $ADFLOW_CLICKHOUSE_URL, Kafka at $ADFLOW_KAFKA_BROKERS)"
+log "running tests (ClickHouse at $ADFLOW_CLICKHOUSE_URL, Redis at $ADFLOW_REDIS_URL, Kafka at $ADFLOW_KAFKA_BROKERS)"
 cargo test --release --workspace -- --test-threads 2

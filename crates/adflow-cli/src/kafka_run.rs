@@ -8,12 +8,13 @@ use adflow_engine::file::FileSink;
 use adflow_engine::live::{
     run_live, ClusterSpec, LiveOptions, LiveSinks, LiveSource, LiveSourceFactory,
 };
+use adflow_engine::telemetry::MeteredSink;
 use adflow_engine::EngineError;
 use adflow_kafka::{
     ensure_topics, DeadLetter, DeadLetterProducer, KafkaConfig, KafkaSource, StartAt,
 };
 use adflow_model::output::OutputRow;
-use adflow_model::{Change, Position, RawMessage, Sink, SinkError, StreamKind};
+use adflow_model::{Change, Position, RawMessage, Sink, SinkError, StreamKind, Table};
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +78,11 @@ impl LiveSource for KafkaLive {
         c
     }
 
+    fn lag(&self, stream: StreamKind, partition: i32) -> Option<i64> {
+        self.source
+            .lag_cached(stream, partition, Duration::from_secs(2))
+    }
+
     fn commit(&mut self, offsets: &[(StreamKind, i32, i64)]) -> Result<(), EngineError> {
         // Never move a committed offset backwards (a replay re-reads what an earlier run
         // committed).
@@ -124,7 +130,19 @@ impl Sink for DeadLetterSink {
         "kafka-dead-letters"
     }
 
+    fn wants(&self, table: Table) -> bool {
+        table == Table::DeadLetters
+    }
+
     fn write(&mut self, changes: Vec<Change>, frontier: i64) -> Result<(), SinkError> {
+        // Fault tests (`FAILPOINTS`, docs/operations.md; once per call): the delivery fails.
+        fail::fail_point!("sink::dead_letters::write", |_| {
+            tracing::warn!(fail_point = "sink::dead_letters::write", "fail point fired");
+            Err(SinkError::Other {
+                sink: "kafka-dead-letters".into(),
+                message: "injected fault (fail point sink::dead_letters::write)".into(),
+            })
+        });
         let letters: Vec<DeadLetter> = changes
             .iter()
             .filter(|c| c.sign > 0)
@@ -162,8 +180,10 @@ impl Sink for DeadLetterSink {
 }
 
 /// The cluster of `--processes N --process I --hostfile FILE` (one process without them).
-fn cluster_spec(args: &RunArgs) -> Result<ClusterSpec> {
-    let funnel = !args.sinks.is_empty();
+fn cluster_spec(args: &RunArgs, actions: bool) -> Result<ClusterSpec> {
+    // `--http`: the dashboard is a funnel sink (so give it to every process of a cluster or
+    // to none: the dataflow's shape depends on it).
+    let funnel = !args.sinks.is_empty() || actions || args.http.is_some();
     let Some(n) = args.processes else {
         return Ok(ClusterSpec {
             funnel,
@@ -223,15 +243,22 @@ pub(crate) fn cmd_run_kafka(args: RunArgs) -> Result<()> {
     // Topics that do not exist yet are created (4 partitions); existing ones are left alone.
     ensure_topics(&config, 4, METADATA_TIMEOUT).context("creating the adflow topics")?;
 
-    let cluster = cluster_spec(&args)?;
+    // `[actions]` is a funnel sink on process 0: one outbox for the whole cluster, so an id is
+    // known wherever it is computed, also after a restart with another number of processes.
+    let cluster = cluster_spec(&args, settings.actions.is_some())?;
     let mut local: Vec<Box<dyn Sink>> = Vec::new();
     if let Some(out) = &args.output {
         local.push(Box::new(FileSink::open_resumable(out)?));
     }
     let mut funnel: Vec<Box<dyn Sink>> = Vec::new();
+    let mut actions = None;
     if cluster.process == 0 {
         for spec in &args.sinks {
             funnel.push(extra_sink(spec)?);
+        }
+        if let Some((sink, run)) = crate::actions::start(&settings, args.output.as_deref(), true)? {
+            funnel.push(sink);
+            actions = Some(run);
         }
     }
     if args.output.is_none() && args.sinks.is_empty() {
@@ -242,11 +269,20 @@ pub(crate) fn cmd_run_kafka(args: RunArgs) -> Result<()> {
             .context("dead-letter producer")?,
         durable: i64::MIN,
     }));
-    let sinks = LiveSinks { local, funnel };
+    let (server, dashboard) = args.start_http()?;
+    // The dashboard sees the whole cluster's output: a funnel sink on process 0.
+    if let (Some(d), 0) = (&dashboard, cluster.process) {
+        funnel.push(d.sink());
+    }
+    let sinks = LiveSinks {
+        local: local.into_iter().map(MeteredSink::wrap).collect(),
+        funnel: funnel.into_iter().map(MeteredSink::wrap).collect(),
+    };
 
     // A second signal while stopping exits at once, without the final checkpoint (the restart
     // resumes from the last committed one).
     let shutdown = crate::stop_signals()?;
+    let interrupt = shutdown.clone();
     let live = LiveOptions {
         idle_timeout: Duration::from_millis(ks.idle_timeout.0 as u64),
         commit_interval: Duration::from_millis(ks.commit_interval.0 as u64),
@@ -278,6 +314,9 @@ pub(crate) fn cmd_run_kafka(args: RunArgs) -> Result<()> {
         live,
         cluster,
     )?;
+    if let Some(a) = actions {
+        a.finish()?;
+    }
     eprintln!(
         "adflow run --kafka: {} messages ({} events, {} late, {} duplicates, {} dead letters) -> {} changes in {:.2}s, final watermark {}",
         report.messages,
@@ -296,6 +335,7 @@ pub(crate) fn cmd_run_kafka(args: RunArgs) -> Result<()> {
             l.p50_ms, l.p99_ms, l.max_ms, l.samples, report.messages as f64 / span, span
         );
     }
+    args.linger(&server, &interrupt);
     Ok(())
 }
 

@@ -1,11 +1,15 @@
 //! `adflow`: the one binary. See `adflow --help`.
 
+mod actions;
+mod dashboard;
+mod http;
 mod kafka_run;
 mod produce;
 mod report;
 
 use adflow_engine::driver::{run, RunOptions, SourceFactory};
 use adflow_engine::file::{FileSink, FileSource};
+use adflow_engine::telemetry::MeteredSink;
 use adflow_model::config::Settings;
 use adflow_model::Sink;
 use anyhow::{bail, Context, Result};
@@ -45,6 +49,9 @@ enum Command {
     Kdniao(adflow_kdniao::KdniaoCommand),
     /// Publish a data set's input files to the Kafka input topics (keys per spec §1).
     Produce(produce::ProduceCmd),
+    /// The actions' outbox (`[actions]`, docs/actions.md): replay the failed queue, status.
+    #[command(subcommand)]
+    Actions(actions::ActionsCmd),
 }
 
 #[derive(clap::Args)]
@@ -96,6 +103,36 @@ struct RunArgs {
     /// together.
     #[arg(long = "sink", value_name = "KIND=URL")]
     sinks: Vec<String>,
+    /// Serve `/metrics` (Prometheus text), `/health`, `/ready` and the dashboard (`/`, fed by
+    /// `/api/business` and `/api/pipeline`) on this address (`host:port`; port 0 picks one,
+    /// logged at start). See docs/operations.md.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// With `--http`: keep serving this many seconds after the run ended, so the final
+    /// counts can be scraped (a signal ends the wait).
+    #[arg(long, value_name = "SECS", requires = "http", default_value_t = 0.0)]
+    http_linger: f64,
+}
+
+impl RunArgs {
+    /// Starts the `--http` server, if asked for, with the dashboard whose sink the run adds.
+    fn start_http(&self) -> Result<(Option<http::HttpServer>, Option<dashboard::Dashboard>)> {
+        let Some(addr) = &self.http else {
+            return Ok((None, None));
+        };
+        let d = dashboard::Dashboard::new();
+        Ok((Some(http::start(addr, &d)?), Some(d)))
+    }
+
+    /// After the run, with `--http`: serves the final counts for `--http-linger`.
+    fn linger(&self, server: &Option<http::HttpServer>, interrupt: &AtomicBool) {
+        if server.is_some() && self.http_linger > 0.0 {
+            http::linger(
+                std::time::Duration::from_secs_f64(self.http_linger),
+                interrupt,
+            );
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -130,8 +167,8 @@ fn extra_sink(spec: &str) -> Result<Box<dyn Sink>> {
 
 /// The sink of a `--sink KIND=URL` flag. `resume` (live mode): the sink continues from the
 /// checkpoint an earlier run stored with its data (ClickHouse: `ClickHouseSink::resume`, the
-/// journal in the database) and keeps the checkpoints of this run; otherwise (file mode) it
-/// just writes.
+/// journal in the database; Redis: `RedisSink::resume`, the progress hash) and keeps the
+/// checkpoints of this run; otherwise (file mode) it just writes (Redis: from empty keys).
 fn extra_sink_with(spec: &str, resume: bool) -> Result<Box<dyn Sink>> {
     let Some((kind, url)) = spec.split_once('=') else {
         bail!("--sink {spec:?}: expected KIND=URL, e.g. clickhouse=http://127.0.0.1:8123");
@@ -148,7 +185,19 @@ fn extra_sink_with(spec: &str, resume: bool) -> Result<Box<dyn Sink>> {
             };
             Ok(Box::new(sink))
         }
-        other => bail!("--sink {spec:?}: unknown sink kind {other:?} (known: clickhouse)"),
+        // docs/redis.md: the suppressed persons and open orders as keys for an ad server.
+        "redis" => {
+            let cfg = adflow_redis::RedisConfig::from_url(url)?;
+            let sink = if resume {
+                adflow_redis::RedisSink::resume(cfg)?
+            } else {
+                adflow_redis::RedisSink::new(cfg)?
+            };
+            Ok(Box::new(sink))
+        }
+        other => {
+            bail!("--sink {spec:?}: unknown sink kind {other:?} (known: clickhouse, redis)")
+        }
     }
 }
 
@@ -204,7 +253,7 @@ fn cmd_run(args: RunArgs) -> Result<()> {
         bail!("input directory {} does not exist", input.display());
     }
     let settings = load_settings(args.config.as_ref())?;
-    let mut opts = RunOptions::new(args.workers, settings)?;
+    let mut opts = RunOptions::new(args.workers, settings.clone())?;
     let parse = opts.parse.clone();
     // Every input file must open and read before the output is truncated: a run that cannot
     // read its input leaves the previous output as it was.
@@ -225,13 +274,28 @@ fn cmd_run(args: RunArgs) -> Result<()> {
         }
         _ => {}
     }
-    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(FileSink::create(&output)?)];
+    let (server, dashboard) = args.start_http()?;
+    // With `--http` the dashboard watches what the file sink is handed (every table, no copy).
+    let file: Box<dyn Sink> = Box::new(FileSink::create(&output)?);
+    let mut sinks: Vec<Box<dyn Sink>> = vec![match &dashboard {
+        Some(d) => d.tap(file),
+        None => file,
+    }];
     for spec in &args.sinks {
         sinks.push(extra_sink_with(spec, false)?);
     }
+    let actions = match actions::start(&settings, Some(&output), false)? {
+        Some((sink, run)) => {
+            sinks.push(sink);
+            Some(run)
+        }
+        None => None,
+    };
+    let sinks = sinks.into_iter().map(MeteredSink::wrap).collect();
     // SIGINT/SIGTERM: stop reading, hand the sinks what is released, exit 1 without
     // `_SUCCESS`; a second signal exits at once (130).
-    opts.interrupt = Some(stop_signals()?);
+    let interrupt = stop_signals()?;
+    opts.interrupt = Some(interrupt.clone());
     let started = std::time::Instant::now();
     let report = match run(
         Arc::new(adflow_pipelines::AdflowProgram),
@@ -247,6 +311,9 @@ fn cmd_run(args: RunArgs) -> Result<()> {
         Err(e) => return Err(e.into()),
     };
     let secs = started.elapsed().as_secs_f64();
+    if let Some(a) = actions {
+        a.finish()?;
+    }
     let summary = serde_json::json!({
         "messages": report.messages,
         "events": report.events,
@@ -254,6 +321,8 @@ fn cmd_run(args: RunArgs) -> Result<()> {
         "changes": report.changes,
         "final_watermark": report.final_watermark,
     });
+    // Ready (every table written and synced) before `_SUCCESS` says so to readers.
+    adflow_engine::telemetry::set_complete();
     std::fs::write(&success, format!("{summary}\n"))
         .and_then(|_| std::fs::File::open(&success)?.sync_all())
         .with_context(|| format!("writing {}", success.display()))?;
@@ -280,6 +349,7 @@ fn cmd_run(args: RunArgs) -> Result<()> {
         secs,
         report.messages as f64 / secs.max(1e-9)
     );
+    args.linger(&server, &interrupt);
     Ok(())
 }
 
@@ -300,6 +370,23 @@ fn install_panic_exit() {
     }));
 }
 
+/// Configures the fail points named in `FAILPOINTS` (`name=actions;name=actions`, fail-rs
+/// syntax; docs/operations.md). A malformed entry is an error naming it, not a panic.
+fn configure_fail_points(spec: &str) -> Result<()> {
+    for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((name, actions)) = entry.split_once('=') else {
+            bail!("FAILPOINTS: {entry:?} is not `name=actions`");
+        };
+        fail::cfg(name.trim(), actions.trim())
+            .map_err(|e| anyhow::anyhow!("FAILPOINTS: {entry:?}: {e}"))?;
+    }
+    tracing::warn!(
+        FAILPOINTS = %spec,
+        "fail points are active: injected faults for testing, not for production"
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     install_panic_exit();
     tracing_subscriber::fmt()
@@ -309,6 +396,11 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Fault tests (docs/operations.md): `FAILPOINTS` configures the sinks' fail points for the
+    // whole run. Without it they are never configured and do nothing.
+    if let Some(spec) = std::env::var_os("FAILPOINTS") {
+        configure_fail_points(&spec.to_string_lossy())?;
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run(a) => cmd_run(a),
@@ -345,5 +437,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Produce(a) => produce::cmd_produce(a),
+        Command::Actions(a) => actions::cmd_actions(a),
     }
 }

@@ -2,21 +2,14 @@
 //! `scripts/services/clickhouse.sh`): the same generated data set through the file sink and the
 //! ClickHouse sink (in one run) gives identical current contents for every table.
 
-use adflow_model::Table;
-use adflow_reference::read_changelog_dir;
-use std::process::Command;
+mod common;
 
-fn server() -> Option<String> {
-    match std::env::var("ADFLOW_CLICKHOUSE_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ if std::env::var("ADFLOW_SKIP_SERVICE_TESTS").as_deref() == Ok("1") => None,
-        _ => panic!("ADFLOW_CLICKHOUSE_URL is not set: start scripts/services/clickhouse.sh (or set ADFLOW_SKIP_SERVICE_TESTS=1)"),
-    }
-}
+use common::{assert_clickhouse_equals_files, clickhouse_url};
+use std::process::Command;
 
 #[test]
 fn clickhouse_current_contents_equal_file_mode() {
-    let Some(url) = server() else { return };
+    let Some(url) = clickhouse_url() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     let mut args = adflow_gen::GenerateArgs::with_output(&input);
@@ -37,26 +30,6 @@ fn clickhouse_current_contents_equal_file_mode() {
         .status()
         .unwrap();
     assert!(st.success());
-    let files = read_changelog_dir(&out).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let cfg = adflow_clickhouse::ClickHouseConfig::new(url.clone(), db.clone());
-    for table in Table::ALL {
-        let in_ch = rt
-            .block_on(adflow_clickhouse::current_contents(&cfg, table))
-            .unwrap();
-        let in_files: Vec<_> = files
-            .get(&table)
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        assert_eq!(in_ch.len(), in_files.len(), "{table}: row counts differ");
-        assert_eq!(in_ch, in_files, "{table}: contents differ");
-        if table != Table::SuppressedPersons {
-            assert!(
-                !in_files.is_empty(),
-                "{table} is empty: the comparison proves little"
-            );
-        }
-    }
+    assert_clickhouse_equals_files(&rt, &url, &db, &out, "");
 }

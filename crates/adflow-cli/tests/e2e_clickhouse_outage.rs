@@ -7,22 +7,15 @@
 //! test fails while it is down. Kept alone in its own test binary so no other test sees the
 //! outage.
 
-use adflow_model::Table;
-use adflow_reference::read_changelog_dir;
+mod common;
+
+use common::{assert_clickhouse_equals_files, clickhouse_url};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long the server stays down (the "30 s").
 const OUTAGE: Duration = Duration::from_secs(30);
-
-fn server() -> Option<String> {
-    match std::env::var("ADFLOW_CLICKHOUSE_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ if std::env::var("ADFLOW_SKIP_SERVICE_TESTS").as_deref() == Ok("1") => None,
-        _ => panic!("ADFLOW_CLICKHOUSE_URL is not set: start scripts/services/clickhouse.sh (or set ADFLOW_SKIP_SERVICE_TESTS=1)"),
-    }
-}
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services/clickhouse.sh")
@@ -97,7 +90,7 @@ fn execute(rt: &tokio::runtime::Runtime, cfg: &adflow_clickhouse::ClickHouseConf
 
 #[test]
 fn clickhouse_down_for_30s_mid_run_changes_nothing() {
-    let Some(url) = server() else { return };
+    let Some(url) = clickhouse_url() else { return };
     assert_eq!(
         service("url").trim_end_matches('/'),
         url.trim_end_matches('/'),
@@ -212,25 +205,6 @@ fn clickhouse_down_for_30s_mid_run_changes_nothing() {
         "the sink saw the outage:\n{log_text}"
     );
 
-    let files = read_changelog_dir(&out).unwrap();
-    for table in Table::ALL {
-        let in_ch = rt
-            .block_on(adflow_clickhouse::current_contents(&cfg, table))
-            .unwrap();
-        let in_files: Vec<_> = files
-            .get(&table)
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        assert_eq!(in_ch.len(), in_files.len(), "{table}: row counts differ");
-        assert_eq!(in_ch, in_files, "{table}: contents differ");
-        if table != Table::SuppressedPersons {
-            assert!(
-                !in_files.is_empty(),
-                "{table} is empty: the comparison proves little"
-            );
-        }
-    }
+    assert_clickhouse_equals_files(&rt, &url, &db, &out, "");
     execute(&rt, &cfg, &format!("DROP DATABASE IF EXISTS {db}"));
 }

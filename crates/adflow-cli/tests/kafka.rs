@@ -10,7 +10,7 @@ use adflow_kdniao::answer::{KdniaoAnswer, PushRequestData};
 use adflow_kdniao::sandbox::{PushCommand, Sandbox, SandboxScript};
 use adflow_kdniao::Secret;
 use adflow_model::StreamKind;
-use common::{adflow, brokers, unique};
+use common::{adflow, brokers, free_port, unique};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -170,14 +170,6 @@ impl Drop for Receiver {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn reply_success(body: &str) -> Option<bool> {

@@ -7,7 +7,10 @@
 
 mod common;
 
-use common::{adflow, brokers, contents, generate_and_run_files, ok, reference_contents, unique};
+use common::{
+    adflow, assert_same, brokers, contents, expected, live_setup as setup, ok, produce, run_kafka,
+    topic_prefix as prefix,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::ClientConfig;
@@ -15,36 +18,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn prefix(name: &str) -> String {
-    format!("{}_{name}.", unique("run"))
-}
-
-/// Generated data set, the settings both modes use, and the file-mode output.
-fn setup(dir: &Path) {
-    // Once caught up, event time follows the wall clock (spec §2): every timer of the 2024
-    // data set fires, and the state retention must cover the span from the data to now.
-    generate_and_run_files(dir, LIVE_CONFIG);
-}
-
-/// The settings of the live-mode tests.
-const LIVE_CONFIG: &str = "allowed_lateness = \"1s\"\nstate_retention = \"3650d\"\n[kafka]\nidle_timeout = \"1s\"\ncommit_interval = \"200ms\"\n";
-
-fn produce(dir: &Path, brokers: &str, prefix: &str, rate: Option<&str>) -> Command {
-    let mut c = adflow();
-    c.arg("produce").arg("--input").arg(dir.join("in")).args([
-        "--kafka",
-        brokers,
-        "--topic-prefix",
-        prefix,
-        "--partitions",
-        "4",
-    ]);
-    if let Some(r) = rate {
-        c.args(["--rate", r]);
-    }
-    c
-}
 
 /// Splits the data set: the first 60% of every file into `h1`, the rest into `h2`.
 fn split_input(dir: &Path) {
@@ -83,61 +56,6 @@ struct Broker(String);
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = std::panic::catch_unwind(|| tansu(&["stop", "--port", &self.0]));
-    }
-}
-
-fn run_kafka(dir: &Path, brokers: &str, prefix: &str, out: &str) -> Command {
-    let mut c = adflow();
-    c.args([
-        "run",
-        "--kafka",
-        brokers,
-        "--topic-prefix",
-        prefix,
-        "--group",
-    ])
-    .arg(format!("{prefix}g"))
-    .args(["--workers", "2", "--output"])
-    .arg(dir.join(out))
-    .arg("--config")
-    .arg(dir.join("cfg.toml"));
-    c
-}
-
-/// The tables the spec defines for the data set once a live run has caught up and gone idle:
-/// the reference with the end watermark now (every timer of the data set due).
-fn expected(dir: &Path) -> BTreeMap<String, BTreeMap<String, i64>> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    reference_contents(&dir.join("in"), &dir.join("cfg.toml"), Some(now))
-}
-
-fn assert_same(
-    e: &BTreeMap<String, BTreeMap<String, i64>>,
-    a: &BTreeMap<String, BTreeMap<String, i64>>,
-) {
-    assert_eq!(e.keys().collect::<Vec<_>>(), a.keys().collect::<Vec<_>>());
-    for (table, rows) in e {
-        assert!(!rows.is_empty() || table == "suppressed_persons" || table == "triggers");
-        let got = &a[table];
-        let missing: Vec<_> = rows
-            .iter()
-            .filter(|(k, v)| got.get(*k) != Some(v))
-            .take(3)
-            .collect();
-        let extra: Vec<_> = got
-            .iter()
-            .filter(|(k, v)| rows.get(*k) != Some(v))
-            .take(3)
-            .collect();
-        assert!(
-            missing.is_empty() && extra.is_empty(),
-            "{table}: {} vs {} rows; expected but not found: {missing:?}; found but not expected: {extra:?}",
-            rows.len(),
-            got.len()
-        );
     }
 }
 

@@ -117,6 +117,8 @@ pub struct ResumeReport {
 
 #[derive(Default)]
 struct Counters {
+    /// Time writes spent retrying before they went through, milliseconds.
+    unavailable_ms: AtomicU64,
     changes_received: AtomicU64,
     rows_written: AtomicU64,
     changes_cancelled: AtomicU64,
@@ -858,6 +860,7 @@ impl Writer {
             .counters
             .failed_attempts
             .fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("adflow_sink_retries_total", "sink" => SINK_NAME).increment(1);
         if retry.max_attempts.is_some_and(|max| *attempts >= max) {
             return Err(ClickHouseError::GaveUp {
                 attempts: *attempts,
@@ -1046,6 +1049,22 @@ impl Writer {
         Ok(())
     }
 
+    /// Adds time a write spent retrying to `adflow_sink_unavailable_seconds_total` (whole
+    /// seconds; the milliseconds below a second carry over to the next span).
+    fn count_unavailable(&self, d: Duration) {
+        let ms = d.as_millis().min(u64::MAX as u128) as u64;
+        let before = self
+            .shared
+            .counters
+            .unavailable_ms
+            .fetch_add(ms, Ordering::Relaxed);
+        let secs = (before + ms) / 1000 - before / 1000;
+        if secs > 0 {
+            metrics::counter!("adflow_sink_unavailable_seconds_total", "sink" => SINK_NAME)
+                .increment(secs);
+        }
+    }
+
     async fn insert_exactly_once(
         &self,
         target: Target<'_>,
@@ -1056,6 +1075,7 @@ impl Writer {
         let max_backoff = Duration::from_millis(retry.max_backoff_ms);
         let mut attempts = 0u32;
         let mut uncertain = false;
+        let mut first_failure: Option<Instant> = None;
         let table = target.name();
         loop {
             let step = async {
@@ -1065,6 +1085,21 @@ impl Writer {
                         return Ok(true);
                     }
                 }
+                // Fault tests (`FAILPOINTS`, docs/operations.md): this attempt fails like a
+                // dropped connection, and the retry below must recover it.
+                fail::fail_point!("sink::clickhouse::insert", |_| {
+                    tracing::warn!(
+                        fail_point = "sink::clickhouse::insert",
+                        table,
+                        "fail point fired"
+                    );
+                    Err(ClickHouseError::client(
+                        format!("insert into {}.{table}", self.config.database),
+                        clickhouse::error::Error::Network(Box::new(std::io::Error::other(
+                            "injected fault (fail point sink::clickhouse::insert)",
+                        ))),
+                    ))
+                });
                 self.insert_once(target, id).await?;
                 Ok::<bool, ClickHouseError>(false)
             };
@@ -1089,10 +1124,14 @@ impl Writer {
                             "ClickHouse write succeeded after retries"
                         );
                     }
+                    if let Some(at) = first_failure {
+                        self.count_unavailable(at.elapsed());
+                    }
                     return Ok(());
                 }
                 Err(e) => {
                     uncertain = true;
+                    first_failure.get_or_insert_with(Instant::now);
                     self.failed_attempt(&mut attempts, retry, &e)?;
                     if self.shared.abort.load(Ordering::Acquire) {
                         return Err(ClickHouseError::WriterStopped(

@@ -6,7 +6,7 @@ use crate::{to_time, Diff, EngineError, Freeze, OutRec, Program, Time};
 use adflow_model::config::Settings;
 use adflow_model::event::{parse_event, raw_excerpt, Event, ParseConfig};
 use adflow_model::output::DeadLetterRow;
-use adflow_model::{OutputRow, RawMessage, Sink};
+use adflow_model::{OutputRow, RawMessage, Sink, Table};
 use differential_dataflow::input::{Input, InputSession};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -107,6 +107,12 @@ pub struct RunReport {
     /// Live mode with latency measurement: from each message's produce timestamp to the
     /// moment its effects were handed to the sinks.
     pub latency: Option<LatencySummary>,
+    /// The input counts per stream, in [`adflow_model::StreamKind::index`] order (their sums
+    /// are the totals above).
+    pub by_stream: [crate::telemetry::StreamCounts; 4],
+    /// Output changes handed to the first sink per table, in [`adflow_model::Table::ALL`]
+    /// order (their sum is `changes`).
+    pub changes_by_table: [u64; adflow_model::Table::ALL.len()],
 }
 
 /// Latency percentiles of a live run (milliseconds), and the span between the first and the
@@ -128,9 +134,43 @@ impl RunReport {
         self.duplicates += o.duplicates;
         self.dead_letters += o.dead_letters;
         self.changes += o.changes;
+        for (a, b) in self.by_stream.iter_mut().zip(&o.by_stream) {
+            a.add(b);
+        }
+        for (a, b) in self.changes_by_table.iter_mut().zip(&o.changes_by_table) {
+            *a += b;
+        }
         self.final_watermark = self.final_watermark.max(o.final_watermark);
         if o.latency.is_some() {
             self.latency = o.latency.clone();
+        }
+    }
+}
+
+/// Copies a worker's dedup counts into its report (totals and per stream).
+pub(crate) fn take_dedup_stats(report: &mut RunReport, d: &DedupStats) {
+    report.duplicates = d.duplicates;
+    for (s, &n) in report.by_stream.iter_mut().zip(&d.duplicates_by_stream) {
+        s.duplicates = n;
+    }
+}
+
+/// How often a worker publishes its counts to the metrics recorder.
+pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// Publishes a worker's counts (and, on the worker that hands changes to the sinks, the
+/// watermark: the frontier handed to them) to the metrics recorder.
+pub(crate) fn publish(
+    meter: &mut crate::telemetry::WorkerMeter,
+    watermark: Option<(&crate::telemetry::WatermarkMeter, i64)>,
+    report: &mut RunReport,
+    dstats: &DedupStats,
+) {
+    take_dedup_stats(report, dstats);
+    meter.publish(report, dstats.tracked);
+    if let Some((w, handed)) = watermark {
+        if handed > i64::MIN && handed < i64::MAX {
+            w.set(handed, wall_ms());
         }
     }
 }
@@ -197,6 +237,8 @@ impl Ingest<'_> {
     ) -> Ingested {
         let cur = self.cur;
         report.messages += 1;
+        let by_stream = &mut report.by_stream[msg.stream.index()];
+        by_stream.messages += 1;
         let reason = match parse_event(msg.stream, &msg.payload, &self.opts.parse) {
             Ok(e) if e.ts.saturating_add(self.retention) <= cur as i64 && cur > 0 => format!(
                 "too late: ts {} is older than the watermark {} minus the state retention",
@@ -204,9 +246,11 @@ impl Ingest<'_> {
             ),
             Ok(e) => {
                 report.events += 1;
+                by_stream.events += 1;
                 let t = to_time(e.ts).div_ceil(self.tick).saturating_mul(self.tick);
                 if to_time(e.ts) < cur {
                     report.late += 1;
+                    by_stream.late += 1;
                 }
                 let ts = e.ts;
                 let at = t.max(cur).max(floor);
@@ -216,6 +260,7 @@ impl Ingest<'_> {
             Err(reason) => reason,
         };
         report.dead_letters += 1;
+        report.by_stream[msg.stream.index()].dead_letters += 1;
         let at = cur.max(floor);
         if dead_letters {
             dl_in.update_at((dead_letter(msg, reason), Freeze::NEVER), at, 1);
@@ -251,22 +296,38 @@ pub(crate) fn deliver(
     if frontier < resume_below {
         return Ok(());
     }
-    let n = sinks.len();
-    let mut changes = Some(changes);
+    let mut changes = changes;
+    if resume_below > i64::MIN {
+        changes.retain(|c| c.version >= resume_below);
+    }
+    report.changes += changes.len() as u64;
+    for c in &changes {
+        report.changes_by_table[c.row.table() as usize] += 1;
+    }
+    // A sink that takes only some tables gets a copy of just those; the last sink that takes
+    // every table gets the changes themselves (after the others), any other a full copy.
+    let full: Vec<bool> = sinks
+        .iter()
+        .map(|s| Table::ALL.iter().all(|&t| s.wants(t)))
+        .collect();
+    let owner = full.iter().rposition(|&f| f);
     for (i, s) in sinks.iter_mut().enumerate() {
-        // The last sink takes the changes themselves, the others a copy.
-        let mut batch = if i + 1 == n {
-            changes.take().unwrap_or_default()
+        if Some(i) == owner {
+            continue;
+        }
+        let batch = if full[i] {
+            changes.clone()
         } else {
-            changes.clone().unwrap_or_default()
+            changes
+                .iter()
+                .filter(|c| s.wants(c.row.table()))
+                .cloned()
+                .collect()
         };
-        if resume_below > i64::MIN {
-            batch.retain(|c| c.version >= resume_below);
-        }
-        if i == 0 {
-            report.changes += batch.len() as u64;
-        }
         s.write(batch, frontier)?;
+    }
+    if let Some(i) = owner {
+        sinks[i].write(changes, frontier)?;
     }
     Ok(())
 }
@@ -498,6 +559,7 @@ fn run_worker(
     };
     let mut source = sources(index, peers)?;
     let profile = crate::profile::register(worker);
+    crate::telemetry::register_arrangements(worker);
 
     let Built {
         mut ev_in,
@@ -525,6 +587,9 @@ fn run_worker(
     // so one of them moves the end of event time (and every timer due before it) there.
     let future_after = wall_ms().saturating_add(86_400_000);
     let (mut future, mut future_max) = (0u64, i64::MIN);
+    let mut meter = crate::telemetry::WorkerMeter::new();
+    let watermark_meter = crate::telemetry::WatermarkMeter::new();
+    let mut published = Instant::now();
 
     loop {
         check_peers(failed)?;
@@ -606,6 +671,11 @@ fn run_worker(
                 );
             }
         }
+        if published.elapsed() >= PUBLISH_EVERY {
+            published = Instant::now();
+            let w = (index == 0).then_some((&watermark_meter, handed));
+            publish(&mut meter, w, &mut report, &dstats.borrow());
+        }
     }
 
     if future > 0 {
@@ -653,7 +723,8 @@ fn run_worker(
             s.flush()?;
         }
     }
-    report.duplicates = dstats.borrow().duplicates;
+    let w = (index == 0).then_some((&watermark_meter, handed));
+    publish(&mut meter, w, &mut report, &dstats.borrow());
     report.final_watermark = global_max.get().map(|m| m as i64);
     // Timers due after the end of event time must not fire, and the state's expiry
     // retractions need no processing: drop the dataflow instead of closing its inputs.

@@ -219,6 +219,14 @@ fn io_err_at(path: &Path) -> impl Fn(std::io::Error) -> SinkError + '_ {
     }
 }
 
+/// The error a fail point of the file sink injects (`FAILPOINTS`, see docs/operations.md;
+/// only when `FAILPOINTS` configures `name`): logged as it fires, so a test can tell an
+/// injected fault that fired from one that was lost on the way.
+fn injected_fault(name: &str) -> std::io::Error {
+    tracing::warn!(fail_point = name, "fail point fired");
+    std::io::Error::other(format!("injected fault (fail point {name})"))
+}
+
 /// The changelog file of `table` in `dir`.
 fn table_path(dir: &Path, table: Table) -> PathBuf {
     dir.join(format!("{}.jsonl", table.name()))
@@ -372,6 +380,10 @@ impl FileSink {
         let mut f = File::create(&tmp)?;
         f.write_all(&serde_json::to_vec(&p).map_err(std::io::Error::other)?)?;
         f.sync_all()?;
+        // Fault tests: the progress record is written but never takes the place of the last.
+        fail::fail_point!("sink::file::progress", |_| Err(injected_fault(
+            "sink::file::progress"
+        )));
         std::fs::rename(&tmp, self.dir.join(PROGRESS_FILE))?;
         File::open(&self.dir)?.sync_all()?;
         self.previous = previous;
@@ -396,6 +408,13 @@ impl Sink for FileSink {
     }
 
     fn write(&mut self, changes: Vec<Change>, frontier: i64) -> Result<(), SinkError> {
+        // Fault tests (once per call, not per change): the write of this batch fails.
+        fail::fail_point!("sink::file::write", |_| {
+            let table = changes.first().map_or(Table::ALL[0], |c| c.row.table());
+            Err(io_err_at(&table_path(&self.dir, table))(injected_fault(
+                "sink::file::write",
+            )))
+        });
         let mut line = Vec::with_capacity(512);
         for c in &changes {
             let table = c.row.table();
@@ -418,6 +437,13 @@ impl Sink for FileSink {
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
+        // Fault tests: making the tables durable fails (as a failed sync of the first table).
+        fail::fail_point!("sink::file::flush", |_| Err(io_err_at(&table_path(
+            &self.dir,
+            Table::ALL[0]
+        ))(injected_fault(
+            "sink::file::flush"
+        ))));
         for (&table, w) in self.writers.iter_mut() {
             w.flush()
                 .and_then(|_| w.get_ref().sync_data())

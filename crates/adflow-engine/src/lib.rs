@@ -31,6 +31,7 @@ pub mod live;
 pub mod live_ctl;
 pub mod ops;
 mod profile;
+pub mod telemetry;
 pub mod testing;
 
 use adflow_model::config::Settings;

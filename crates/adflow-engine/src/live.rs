@@ -102,6 +102,12 @@ pub trait LiveSource {
     /// every partition): it must answer from what the source already knows, and may ask the
     /// broker only rarely.
     fn caught_up(&mut self, stream: StreamKind, partition: i32) -> bool;
+    /// The partition's consumer lag (messages not yet read: its high watermark minus the next
+    /// offset to read) as far as the source knows without asking the broker; `None` when it
+    /// does not know. Default: `None`.
+    fn lag(&self, _stream: StreamKind, _partition: i32) -> Option<i64> {
+        None
+    }
 }
 
 /// Builds the live source of worker `index` of `peers` (global indexes in a cluster).
@@ -170,8 +176,9 @@ pub struct LiveSinks {
 /// Latency bookkeeping (see [`LiveOptions::measure_latency`]).
 #[derive(Default)]
 struct Latency {
-    /// Insert time → produce timestamps of the messages inserted then.
-    pending: BTreeMap<Time, Vec<i64>>,
+    /// Insert time → produce timestamps of the messages inserted then, run-length encoded
+    /// (`(produce ms, messages)`: a partition's messages come in produce order).
+    pending: BTreeMap<Time, Vec<(i64, u64)>>,
     /// Histogram in milliseconds; the last bucket collects everything longer.
     histogram: Vec<u64>,
     first: Option<Instant>,
@@ -181,15 +188,29 @@ struct Latency {
 const LATENCY_BUCKETS: usize = 600_001;
 
 impl Latency {
-    fn release(&mut self, frontier: Time, now_ms: i64) {
-        if self.histogram.is_empty() {
+    /// Notes a message produced at `produced` (ms) and inserted at `at`.
+    fn note(&mut self, at: Time, produced: i64) {
+        let runs = self.pending.entry(at).or_default();
+        match runs.last_mut() {
+            Some((p, n)) if *p == produced => *n += 1,
+            _ => runs.push((produced, 1)),
+        }
+    }
+
+    /// The messages inserted below `frontier` reached the sinks at `now_ms`: into the
+    /// freshness histogram of the metrics, and (`keep`) into this run's own histogram.
+    fn release(&mut self, frontier: Time, now_ms: i64, keep: bool, freshness: &metrics::Histogram) {
+        if keep && self.histogram.is_empty() {
             self.histogram = vec![0; LATENCY_BUCKETS];
         }
         let later = self.pending.split_off(&frontier);
         for (_, produced) in std::mem::replace(&mut self.pending, later) {
-            for p in produced {
-                let ms = (now_ms - p).clamp(0, LATENCY_BUCKETS as i64 - 1) as usize;
-                self.histogram[ms] += 1;
+            for (p, n) in produced {
+                let ms = (now_ms - p).clamp(0, LATENCY_BUCKETS as i64 - 1);
+                freshness.record_many(ms as f64 / 1000.0, n as usize);
+                if keep {
+                    self.histogram[ms as usize] += n;
+                }
             }
         }
     }
@@ -615,6 +636,7 @@ fn run_worker(
         vec![(process * threads) as u64]
     };
     let profile = crate::profile::register(worker);
+    crate::telemetry::register_arrangements(worker);
     let Built {
         mut ev_in,
         mut dl_in,
@@ -642,6 +664,12 @@ fn run_worker(
 
     let mut report = RunReport::default();
     let mut lat = Latency::default();
+    let freshness = crate::telemetry::freshness();
+    crate::telemetry::expect_workers(threads);
+    let mut meter = crate::telemetry::WorkerMeter::new();
+    let watermark_meter = crate::telemetry::WatermarkMeter::new();
+    let mut lag_gauges: HashMap<(StreamKind, i32), metrics::Gauge> = HashMap::new();
+    let mut published = Instant::now();
     let mut history: VecDeque<Time> = VecDeque::new();
     let mut last_log = Instant::now();
     let mut max_read: Option<i64> = None;
@@ -776,11 +804,11 @@ fn run_worker(
                     let old = resume_marks.get(&key).is_some_and(|&g| offset < g);
                     let floor = if old { 0 } else { resume_f };
                     let got = ingest.ingest(msg, &mut report, &mut ev_in, &mut dl_in, !old, floor);
-                    if let (true, Some(p)) = (live.measure_latency, produced_at) {
+                    if let Some(p) = produced_at {
                         let at = match got {
                             Ingested::Event { at, .. } | Ingested::Rejected { at } => at,
                         };
-                        lat.pending.entry(at).or_default().push(*p);
+                        lat.note(at, *p);
                     }
                     let e = seen.entry(key).or_insert((i64::MIN, offset + 1));
                     e.1 = e.1.max(offset + 1);
@@ -912,8 +940,8 @@ fn run_worker(
 
         // 3. Sinks (leaders).
         let frontier = probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX));
-        if live.measure_latency && !lat.pending.is_empty() {
-            lat.release(frontier, wall_ms());
+        if !lat.pending.is_empty() {
+            lat.release(frontier, wall_ms(), live.measure_latency, &freshness);
         }
         if leader {
             let cap = permit.min(i64::MAX as Time) as i64;
@@ -960,6 +988,26 @@ fn run_worker(
                     },
                 );
             }
+        }
+        if published.elapsed() >= crate::driver::PUBLISH_EVERY {
+            published = Instant::now();
+            let w = handed
+                .first()
+                .filter(|_| leader)
+                .map(|&h| (&watermark_meter, h));
+            crate::driver::publish(&mut meter, w, &mut report, &dstats.borrow());
+            for &(s, p) in parts.keys() {
+                if let Some(lag) = source.lag(s, p) {
+                    lag_gauges
+                        .entry((s, p))
+                        .or_insert_with(|| crate::telemetry::consumer_lag(s, p))
+                        .set(lag as f64);
+                }
+            }
+            crate::telemetry::set_worker_ready(
+                index % threads,
+                !parts.is_empty() && parts.values().all(|p| p.caught_up),
+            );
         }
         if index == 0 {
             // Phase 2 and the commit.
@@ -1120,10 +1168,14 @@ fn run_worker(
         stop,
         &|| false,
     );
-    report.duplicates = dstats.borrow().duplicates;
+    let w = handed
+        .first()
+        .filter(|_| leader)
+        .map(|&h| (&watermark_meter, h));
+    crate::driver::publish(&mut meter, w, &mut report, &dstats.borrow());
     report.final_watermark = Some(stop as i64);
+    lat.release(Time::MAX, wall_ms(), live.measure_latency, &freshness);
     if live.measure_latency {
-        lat.release(Time::MAX, wall_ms());
         lock(latency).merge(&lat);
     }
     worker.drop_dataflow(dataflow_id);
@@ -1372,14 +1424,19 @@ mod tests {
     fn latency_percentiles() {
         let mut l = Latency::default();
         for i in 0..100 {
-            l.pending.entry(i as Time).or_default().push(1_000 - i);
+            l.note(i as Time, 1_000 - i as i64);
         }
-        l.pending.entry(500).or_default().push(0);
+        // Runs of equal produce times are kept as one entry with a count.
+        l.note(500, 0);
+        l.note(500, 0);
+        assert_eq!(l.pending[&500], vec![(0, 2)]);
         // Released at wall clock 1_000: latencies 0..=99 ms; the entry at 500 waits.
-        l.release(100, 1_000);
+        l.release(100, 1_000, true, &metrics::Histogram::noop());
         let s = l.summary();
         assert_eq!((s.samples, s.p50_ms, s.p99_ms, s.max_ms), (100, 49, 98, 99));
         assert_eq!(l.pending.len(), 1);
+        l.release(Time::MAX, 1_000, true, &metrics::Histogram::noop());
+        assert_eq!(l.summary().samples, 102);
     }
 
     #[test]

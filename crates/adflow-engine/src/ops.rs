@@ -148,6 +148,8 @@ type FingerprintSet = HashSet<u128, std::hash::BuildHasherDefault<FingerprintHas
 #[derive(Clone, Debug, Default)]
 pub struct DedupStats {
     pub duplicates: u64,
+    /// `duplicates` per stream, in [`adflow_model::StreamKind::index`] order.
+    pub duplicates_by_stream: [u64; 4],
     pub tracked: u64,
 }
 
@@ -201,6 +203,7 @@ pub fn dedup<'s>(
                             let key = event_fingerprint(&e);
                             if !seen.insert(key) {
                                 st.duplicates += 1;
+                                st.duplicates_by_stream[e.body.stream().index()] += 1;
                                 continue;
                             }
                             keys.record(key, t, to_time(e.ts));

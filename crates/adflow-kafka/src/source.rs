@@ -676,6 +676,18 @@ impl KafkaSource {
         partition: i32,
         max_age: Duration,
     ) -> Option<bool> {
+        let (next, high) = self.cached_offsets(stream, partition, max_age)?;
+        Some(next >= high)
+    }
+
+    /// The partition's next offset to read and the high watermark of librdkafka's last
+    /// statistics report, when a report at most `max_age` old knows the partition.
+    fn cached_offsets(
+        &self,
+        stream: StreamKind,
+        partition: i32,
+        max_age: Duration,
+    ) -> Option<(i64, i64)> {
         let status = self.partitions.get(&(stream, partition))?;
         let st = match self.consumer.context().stats.lock() {
             Ok(g) => g,
@@ -685,7 +697,15 @@ impl KafkaSource {
             return None;
         }
         let high = *st.high.get(&(stream, partition))?;
-        Some(status.next_offset.unwrap_or(0) >= high)
+        Some((status.next_offset.unwrap_or(0), high))
+    }
+
+    /// The partition's consumer lag by librdkafka's last statistics report (no network round
+    /// trip): the high watermark of the last fetch response minus the next offset to read
+    /// (at least 0); `None` when no report at most `max_age` old knows the partition.
+    pub fn lag_cached(&self, stream: StreamKind, partition: i32, max_age: Duration) -> Option<i64> {
+        let (next, high) = self.cached_offsets(stream, partition, max_age)?;
+        Some((high - next).max(0))
     }
 
     pub fn caught_up(&mut self, stream: StreamKind, partition: i32, timeout: Duration) -> bool {

@@ -2,12 +2,17 @@
 //!
 //! | command | function |
 //! |---|---|
-//! | `receive --listen ADDR (--output DIR \| --kafka BROKERS [--topic-prefix P])` | push receiver ([`crate::receiver`]) |
+//! | `receive --listen ADDR (--output DIR \| --kafka BROKERS [--topic-prefix P]) [--http ADDR]` | push receiver ([`crate::receiver`]) |
 //! | `sandbox --listen ADDR (--script FILE \| --tracks logistics.jsonl)` | stand-in server ([`crate::sandbox`]) |
-//! | `subscribe --orders FILE` | subscribe new shipments ([`crate::subscribe::subscribe_orders`]) |
-//! | `replay-failed [--output DIR]` | re-send the failed queue ([`crate::tracker::Tracker::replay_failed`]) |
+//! | `subscribe --orders FILE [--http ADDR [--http-linger S]]` | subscribe new shipments ([`crate::subscribe::subscribe_orders`]) |
+//! | `replay-failed [--output DIR] [--http ADDR [--http-linger S]]` | re-send the failed queue ([`crate::tracker::Tracker::replay_failed`]) |
 //! | `query --shipper SF --waybill N [--phone P]` | one query with failover, events to stdout |
-//! | `poll (--output DIR \| --kafka BROKERS)` | query quiet subscribed waybills once |
+//! | `poll (--output DIR \| --kafka BROKERS) [--http ADDR [--http-linger S]]` | query quiet subscribed waybills once |
+//!
+//! `--http ADDR` serves `/metrics` (Prometheus text, [`crate::telemetry`]), `/health` and
+//! `/ready` on a separate address. `/ready` is 200 once the receiver listens, or once a
+//! one-shot command has done its work (and printed its report); `--http-linger SECS` then
+//! keeps serving that long (SIGINT/SIGTERM end the wait) so the final counts can be scraped.
 //!
 //! Credentials come from `KDNIAO_EBUSINESS_ID` / `KDNIAO_APP_KEY` or `--config FILE`
 //! (see [`crate::config`]); the key is never accepted as a flag (it would show in `ps`).
@@ -15,18 +20,20 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
 use crate::client::WaybillRequest;
 use crate::config::KdniaoConfig;
-use crate::error::KdniaoError;
+use crate::error::{KdniaoError, Provider};
 use crate::receiver::{serve, ReceiverState};
 use crate::replay::waybills_from_tracks;
 use crate::sandbox::{run_sandbox, SandboxScript};
 use crate::secret::Secret;
 use crate::sink::{FilePublisher, TrackPublisher, TrackSink};
 use crate::subscribe::{poll_quiet_once, subscribe_orders, SubscriptionBook};
+use crate::telemetry::{self, Endpoint};
 use crate::tracker::Tracker;
 
 /// `adflow kdniao <subcommand>`.
@@ -98,6 +105,50 @@ pub struct SinkArgs {
     pub kafka: Option<String>,
 }
 
+/// `--http ADDR [--http-linger SECS]` of the one-shot commands.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Serve /metrics (Prometheus text), /health and /ready on this address, e.g.
+    /// 127.0.0.1:9465; /ready is 200 once the command's work is done.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    /// With --http: keep serving this many seconds after the work is done (SIGINT/SIGTERM
+    /// end the wait), so the final counts can be scraped.
+    #[arg(long, value_name = "SECS", requires = "http", default_value_t = 0.0)]
+    pub http_linger: f64,
+}
+
+impl HttpArgs {
+    /// Starts the server when `--http` was given.
+    fn start(
+        &self,
+        before_render: Option<Arc<dyn Fn() + Send + Sync>>,
+    ) -> Result<Option<adflow_http::HttpServer>, KdniaoError> {
+        if !(self.http_linger.is_finite() && self.http_linger >= 0.0) {
+            return Err(KdniaoError::Config(format!(
+                "--http-linger {}: expected a number of seconds >= 0",
+                self.http_linger
+            )));
+        }
+        self.http
+            .as_deref()
+            .map(|addr| telemetry::start_http(addr, before_render))
+            .transpose()
+    }
+
+    /// The work is done: `/ready` turns 200; then serves for `--http-linger`.
+    async fn done(&self, server: Option<adflow_http::HttpServer>) {
+        telemetry::set_ready();
+        if server.is_some() && self.http_linger > 0.0 {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs_f64(self.http_linger)) => {}
+                () = stop_signal() => {}
+            }
+        }
+        drop(server);
+    }
+}
+
 /// `receive`.
 #[derive(Debug, Clone, Args)]
 pub struct ReceiveArgs {
@@ -110,6 +161,11 @@ pub struct ReceiveArgs {
     /// Topic-name prefix for `--kafka`: events go to `<PREFIX>logistics` (default: none).
     #[arg(long, value_name = "PREFIX", conflicts_with = "output")]
     pub topic_prefix: Option<String>,
+    /// Serve /metrics (Prometheus text), /health and /ready on this address too (a port of
+    /// their own; the JSON counters stay at `GET /metrics` of --listen); /ready is 200 once
+    /// the receiver listens.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
@@ -143,6 +199,9 @@ pub struct SubscribeArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub metrics: HttpArgs,
 }
 
 /// `replay-failed`.
@@ -160,6 +219,9 @@ pub struct ReplayArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub metrics: HttpArgs,
 }
 
 /// `query`.
@@ -194,6 +256,9 @@ pub struct PollArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub metrics: HttpArgs,
 }
 
 /// Runs a command. This crate has no Kafka client: `--kafka` fails with a configuration
@@ -216,11 +281,14 @@ pub async fn run_with_publisher(
             let dir = state_dir(&a.common, &cfg, None)?;
             let tracker = Tracker::new(&cfg, &dir)?;
             let book = SubscriptionBook::open(&dir)?;
+            let server = a.metrics.start(None)?;
+            telemetry::register(Endpoint::Subscribe, Provider::Kdniao);
             let r = subscribe_orders(&a.orders, &tracker, &book).await?;
             println!(
                 "{}",
                 serde_json::json!({"subscribed": r.subscribed, "already": r.already, "failed": r.failed, "skipped_lines": r.skipped_lines})
             );
+            a.metrics.done(server).await;
             Ok(())
         }
         KdniaoCommand::ReplayFailed(a) => {
@@ -232,11 +300,15 @@ pub async fn run_with_publisher(
                 (None, None) => None,
                 (out, _) => Some(open_sink(out.as_deref(), kafka, &dir)?),
             };
+            let server = a.metrics.start(sink.clone().map(publish_sink))?;
+            register_queries(&cfg);
+            telemetry::register(Endpoint::Subscribe, Provider::Kdniao);
             let r = tracker.replay_failed(sink.as_deref(), Some(&book)).await?;
             println!(
                 "{}",
                 serde_json::json!({"succeeded": r.succeeded, "still_failed": r.still_failed, "dropped": r.dropped})
             );
+            a.metrics.done(server).await;
             Ok(())
         }
         KdniaoCommand::Query(a) => {
@@ -265,14 +337,30 @@ pub async fn run_with_publisher(
             let tracker = Tracker::new(&cfg, &dir)?;
             let book = SubscriptionBook::open(&dir)?;
             let sink = open_sink(a.sink.output.as_deref(), kafka, &dir)?;
+            let server = a.metrics.start(Some(publish_sink(sink.clone())))?;
+            register_queries(&cfg);
             let quiet = a.quiet_after_secs.unwrap_or(cfg.poll.quiet_after_secs);
             let r = poll_quiet_once(&tracker, &book, &sink, secs_ms(quiet), now_ms()).await?;
             println!(
                 "{}",
                 serde_json::json!({"queried": r.queried, "events": r.events, "failed": r.failed})
             );
+            a.metrics.done(server).await;
             Ok(())
         }
+    }
+}
+
+/// A scrape hook copying the sink's counters into the recorder.
+fn publish_sink(sink: Arc<TrackSink>) -> Arc<dyn Fn() + Send + Sync> {
+    Arc::new(move || telemetry::publish_sink(&sink.metrics))
+}
+
+/// Shows the query series (at 0) of the providers `cfg` uses.
+fn register_queries(cfg: &KdniaoConfig) {
+    telemetry::register(Endpoint::TrackQuery, Provider::Kdniao);
+    if cfg.kuaidi100.is_some() {
+        telemetry::register(Endpoint::TrackQuery, Provider::Kuaidi100);
     }
 }
 
@@ -330,7 +418,20 @@ async fn receive(
     let dir = state_dir(&a.common, &cfg, a.sink.output.as_deref())?;
     let sink = open_sink(a.sink.output.as_deref(), kafka, &dir)?;
     let state = ReceiverState::new(cfg.ebusiness_id.clone(), cfg.app_key.clone(), sink.clone());
+    let _server = match &a.http {
+        Some(addr) => {
+            let st = state.clone();
+            let hook: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                telemetry::publish_receiver(&st.metrics);
+                telemetry::publish_sink(&st.sink().metrics);
+            });
+            Some(telemetry::start_http(addr, Some(hook))?)
+        }
+        None => None,
+    };
+    telemetry::register(Endpoint::Push, Provider::Kdniao);
     if cfg.poll.interval_secs > 0 {
+        register_queries(&cfg);
         let tracker = Tracker::new(&cfg, &dir)?;
         let book = SubscriptionBook::open(&dir)?;
         let quiet = secs_ms(cfg.poll.quiet_after_secs);
@@ -357,6 +458,7 @@ async fn receive(
             addr: a.listen.to_string(),
             source,
         })?;
+    telemetry::set_ready();
     serve(listener, state, shutdown_signal()).await
 }
 
@@ -413,10 +515,35 @@ async fn sandbox(a: SandboxArgs) -> Result<(), KdniaoError> {
     .await
 }
 
-async fn shutdown_signal() {
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        tracing::error!(error = %e, "cannot listen for Ctrl-C; running until killed");
-        std::future::pending::<()>().await;
+/// SIGINT or (on Unix) SIGTERM. A signal that cannot be listened for is logged and never
+/// fires (the process then runs until it is killed).
+async fn stop_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot listen for SIGTERM"),
+        }
     }
+    ctrl_c.await;
+}
+
+/// The receiver's and the stand-in's graceful stop: [`stop_signal`] (SIGINT or SIGTERM, as
+/// Kubernetes and systemd send).
+async fn shutdown_signal() {
+    stop_signal().await;
     tracing::info!("shutting down");
 }

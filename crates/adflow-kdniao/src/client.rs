@@ -21,6 +21,7 @@ use crate::error::{KdniaoError, Provider, ProviderError};
 use crate::ratelimit::RateLimiter;
 use crate::secret::Secret;
 use crate::sign::data_sign;
+use crate::telemetry::{record_request, Endpoint};
 use crate::track::clean_waybill;
 
 /// Carriers that require `CustomerName` (last 4 digits of the sender's or receiver's phone).
@@ -230,17 +231,20 @@ impl KdniaoClient {
         } else {
             self.endpoints.value_added_url.clone()
         };
-        self.call(self.query_type, &url, req).await
+        self.call(Endpoint::TrackQuery, self.query_type, &url, req)
+            .await
     }
 
     /// Subscribes a waybill (1008/8008); pushes then arrive as 101/102.
     pub async fn subscribe(&self, req: &WaybillRequest) -> Result<KdniaoAnswer, ProviderError> {
         let url = self.endpoints.subscribe_url.clone();
-        self.call(self.subscribe_type, &url, req).await
+        self.call(Endpoint::Subscribe, self.subscribe_type, &url, req)
+            .await
     }
 
     async fn call(
         &self,
+        endpoint: Endpoint,
         request_type: u16,
         url: &str,
         req: &WaybillRequest,
@@ -261,7 +265,7 @@ impl KdniaoClient {
         let body = form_body(&request_data, &self.ebusiness_id, request_type, &sign);
         let what = format!("kdniao {request_type} {}", req.logistic_code);
         let result = with_retries(self.cfg.retries, self.cfg.retry_delay(), &what, move || {
-            self.attempt(url, body.clone())
+            self.attempt(endpoint, url, body.clone())
         })
         .await;
         if let Err(ProviderError::Quota { .. }) = &result {
@@ -276,8 +280,22 @@ impl KdniaoClient {
         result
     }
 
-    async fn attempt(&self, url: &str, body: String) -> Result<KdniaoAnswer, ProviderError> {
+    /// One HTTP attempt, counted and timed ([`crate::telemetry`]) after the rate limiter's
+    /// wait.
+    async fn attempt(
+        &self,
+        endpoint: Endpoint,
+        url: &str,
+        body: String,
+    ) -> Result<KdniaoAnswer, ProviderError> {
         self.limiter.acquire().await;
+        let started = std::time::Instant::now();
+        let r = self.send(url, body).await;
+        record_request(endpoint, Provider::Kdniao, r.is_ok(), started.elapsed());
+        r
+    }
+
+    async fn send(&self, url: &str, body: String) -> Result<KdniaoAnswer, ProviderError> {
         let resp = self
             .http
             .post(url)

@@ -17,6 +17,7 @@ use crate::error::{KdniaoError, Provider, ProviderError};
 use crate::ratelimit::RateLimiter;
 use crate::secret::Secret;
 use crate::sign::kuaidi100_sign;
+use crate::telemetry::{record_request, Endpoint};
 
 /// Kuaidi100's state mapped to Kdniao's `(State, StateEx)`.
 ///
@@ -271,38 +272,51 @@ impl Kuaidi100Client {
             &what,
             move || async move {
                 self.limiter.acquire().await;
-                let resp = self
-                    .http
-                    .post(&self.url)
-                    .header(
-                        reqwest::header::CONTENT_TYPE,
-                        "application/x-www-form-urlencoded;charset=utf-8",
-                    )
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .map_err(|e| transport_error(Provider::Kuaidi100, &e))?;
-                let status = resp.status();
-                if status.is_server_error() {
-                    return Err(ProviderError::ServerError {
-                        provider: Provider::Kuaidi100,
-                        status: status.as_u16(),
-                    });
-                }
-                if !status.is_success() {
-                    return Err(ProviderError::HttpStatus {
-                        provider: Provider::Kuaidi100,
-                        status: status.as_u16(),
-                    });
-                }
-                let text = resp
-                    .text()
-                    .await
-                    .map_err(|e| transport_error(Provider::Kuaidi100, &e))?;
-                parse_answer(req, &text)
+                let started = std::time::Instant::now();
+                let r = self.send(req, body).await;
+                record_request(
+                    Endpoint::TrackQuery,
+                    Provider::Kuaidi100,
+                    r.is_ok(),
+                    started.elapsed(),
+                );
+                r
             },
         )
         .await
+    }
+
+    /// One HTTP attempt.
+    async fn send(&self, req: &WaybillRequest, body: &str) -> Result<KdniaoAnswer, ProviderError> {
+        let resp = self
+            .http
+            .post(&self.url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded;charset=utf-8",
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| transport_error(Provider::Kuaidi100, &e))?;
+        let status = resp.status();
+        if status.is_server_error() {
+            return Err(ProviderError::ServerError {
+                provider: Provider::Kuaidi100,
+                status: status.as_u16(),
+            });
+        }
+        if !status.is_success() {
+            return Err(ProviderError::HttpStatus {
+                provider: Provider::Kuaidi100,
+                status: status.as_u16(),
+            });
+        }
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| transport_error(Provider::Kuaidi100, &e))?;
+        parse_answer(req, &text)
     }
 }
 

@@ -14,6 +14,7 @@
 //!   limit and a connection limit); [`subscribe`]: subscriptions and the poller.
 //! * [`sandbox`]: a stand-in Kdniao/Kuaidi100 server for tests and demos; [`replay`] turns a
 //!   `logistics.jsonl` into its waybills.
+//! * [`telemetry`]: request and receiver metrics (Prometheus text on `--http ADDR`).
 //! * [`cli`]: [`KdniaoCommand`] and [`run`], mounted by the binary as `adflow kdniao`.
 //!
 //! Secrets ([`Secret`]) never appear in logs, errors, `Debug` output or outputs.
@@ -33,6 +34,7 @@ pub mod secret;
 pub mod sign;
 pub mod sink;
 pub mod subscribe;
+pub mod telemetry;
 pub mod track;
 pub mod tracker;
 

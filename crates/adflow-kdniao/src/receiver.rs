@@ -1,5 +1,7 @@
 //! Push receiver: Kdniao POSTs a form (`RequestData`, `RequestType` 101/102, `DataSign`)
-//! to any path of this server; `GET /metrics` returns the counters as JSON.
+//! to any path of this server; `GET /metrics` returns the counters as JSON (with `--http`
+//! the same counters, each push's outcome and duration are also served as Prometheus text
+//! on a separate address, see [`crate::telemetry`]).
 //!
 //! # Answers
 //! Every push is answered with Kdniao's JSON reply ([`PushReply`]):
@@ -70,15 +72,21 @@ use tokio::time::{Instant, Sleep};
 
 use crate::answer::{now_kdniao_time, KdniaoAnswer, PushRequestData};
 use crate::config::ReceiverConfig;
-use crate::error::KdniaoError;
+use crate::error::{KdniaoError, Provider};
 use crate::secret::Secret;
 use crate::sign::verify_data_sign;
 use crate::sink::TrackSink;
+use crate::telemetry::{record_request, Endpoint};
 use crate::track::clean_waybill;
 
-/// Receiver counters (see the module docs for which answer counts where).
+/// Receiver counters (see the module docs for which answer counts where). Every push
+/// (`POST`) counts in `pushes_received` and in exactly one of `pushes_accepted`,
+/// `missing_fields`, `bad_sign`, `malformed`, `too_large`, `body_timeouts`,
+/// `storage_errors`.
 #[derive(Debug, Default)]
 pub struct ReceiverMetrics {
+    /// Pushes received (`POST`s, accepted or not).
+    pub pushes_received: AtomicU64,
     /// Pushes accepted.
     pub pushes_accepted: AtomicU64,
     /// Pushes rejected because their DataSign does not verify.
@@ -203,6 +211,7 @@ async fn metrics(State(st): State<Arc<ReceiverState>>) -> Json<serde_json::Value
     let s = &st.sink.metrics;
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     Json(serde_json::json!({
+        "pushes_received": g(&m.pushes_received),
         "pushes_accepted": g(&m.pushes_accepted),
         "bad_sign": g(&m.bad_sign),
         "missing_fields": g(&m.missing_fields),
@@ -222,6 +231,61 @@ async fn metrics(State(st): State<Arc<ReceiverState>>) -> Json<serde_json::Value
         "connection_limit_waits": g(&m.connection_limit_waits),
         "connections_open": g(&m.connections_open),
     }))
+}
+
+/// The three fields of a push form (`application/x-www-form-urlencoded`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushForm {
+    /// `RequestData`, the JSON text as sent (percent-decoded once).
+    pub request_data: String,
+    /// `RequestType`, trimmed.
+    pub request_type: String,
+    /// `DataSign`, as sent.
+    pub data_sign: String,
+}
+
+/// The push fields a form lacks (absent or empty), comma-separated in the order
+/// `RequestData, RequestType, DataSign`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MissingFields(pub String);
+
+/// Parses a push body. Any bytes are accepted (invalid UTF-8 is replaced); the last of
+/// repeated fields wins; other fields are ignored. `Err` names every required field that is
+/// absent or empty.
+pub fn parse_push_form(body: &[u8]) -> Result<PushForm, MissingFields> {
+    let mut request_data = None;
+    let mut request_type = None;
+    let mut sign = None;
+    for (k, v) in form_urlencoded::parse(body) {
+        match k.as_ref() {
+            "RequestData" => request_data = Some(v.into_owned()),
+            "RequestType" => request_type = Some(v.trim().to_string()),
+            "DataSign" => sign = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    match (request_data, request_type, sign) {
+        (Some(d), Some(t), Some(s)) if !d.is_empty() && !t.is_empty() && !s.is_empty() => {
+            Ok(PushForm {
+                request_data: d,
+                request_type: t,
+                data_sign: s,
+            })
+        }
+        (d, t, s) => {
+            let present = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+            let missing: Vec<&str> = [
+                ("RequestData", present(&d)),
+                ("RequestType", present(&t)),
+                ("DataSign", present(&s)),
+            ]
+            .into_iter()
+            .filter_map(|(name, ok)| (!ok).then_some(name))
+            .collect();
+            Err(MissingFields(missing.join(", ")))
+        }
+    }
 }
 
 /// Why a push item holds nothing usable, if it does not.
@@ -302,52 +366,68 @@ async fn push(State(st): State<Arc<ReceiverState>>, req: Request) -> Response {
     if req.method() != Method::POST {
         return (StatusCode::METHOD_NOT_ALLOWED, "POST a Kdniao push").into_response();
     }
-    let body = match read_body(&st, req).await {
-        Ok(b) => b,
-        Err(answer) => return answer,
+    st.metrics.pushes_received.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let (accepted, answer) = match take_push(&st, req).await {
+        Ok(answer) => (true, answer),
+        Err(answer) => (false, answer),
     };
-    let mut request_data = None;
-    let mut request_type = None;
-    let mut sign = None;
-    for (k, v) in form_urlencoded::parse(&body) {
-        match k.as_ref() {
-            "RequestData" => request_data = Some(v.into_owned()),
-            "RequestType" => request_type = Some(v.trim().to_string()),
-            "DataSign" => sign = Some(v.into_owned()),
-            _ => {}
+    record_request(
+        Endpoint::Push,
+        Provider::Kdniao,
+        accepted,
+        started.elapsed(),
+    );
+    answer
+}
+
+/// Handles one push: `Ok` with the answer when it was accepted, `Err` with the answer when
+/// it was rejected.
+async fn take_push(st: &ReceiverState, req: Request) -> Result<Response, Response> {
+    let body = read_body(st, req).await?;
+    let PushForm {
+        request_data: data,
+        request_type,
+        data_sign: sign,
+    } = match parse_push_form(&body) {
+        Ok(form) => form,
+        Err(missing) => {
+            st.metrics.missing_fields.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%missing, "push rejected: fields missing");
+            return Err(reply(
+                st,
+                StatusCode::OK,
+                false,
+                &format!("missing {missing}"),
+            ));
         }
-    }
-    let present = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
-    let missing: Vec<&str> = [
-        ("RequestData", present(&request_data)),
-        ("RequestType", present(&request_type)),
-        ("DataSign", present(&sign)),
-    ]
-    .into_iter()
-    .filter_map(|(name, ok)| (!ok).then_some(name))
-    .collect();
-    let (Some(data), Some(sign), true) = (request_data, sign, missing.is_empty()) else {
-        st.metrics.missing_fields.fetch_add(1, Ordering::Relaxed);
-        let missing = missing.join(", ");
-        tracing::warn!(%missing, "push rejected: fields missing");
-        return reply(&st, StatusCode::OK, false, &format!("missing {missing}"));
     };
     if !verify_data_sign(&data, &sign, &st.app_key) {
         st.metrics.bad_sign.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(request_type = ?request_type, data_len = data.len(), "push rejected: DataSign does not verify");
-        return reply(&st, StatusCode::OK, false, "DataSign invalid");
+        tracing::warn!(request_type = %request_type, data_len = data.len(), "push rejected: DataSign does not verify");
+        return Err(reply(st, StatusCode::OK, false, "DataSign invalid"));
     }
-    if !matches!(request_type.as_deref(), Some("101") | Some("102")) {
+    if !matches!(request_type.as_str(), "101" | "102") {
         st.metrics.malformed.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(request_type = ?request_type, "push rejected: unsupported RequestType");
-        return reply(&st, StatusCode::OK, false, "RequestType must be 101 or 102");
+        tracing::warn!(request_type = %request_type, "push rejected: unsupported RequestType");
+        return Err(reply(
+            st,
+            StatusCode::OK,
+            false,
+            "RequestType must be 101 or 102",
+        ));
     }
     let parsed: PushRequestData = match serde_json::from_str(&data) {
         Ok(p) => p,
         Err(e) => {
             st.metrics.malformed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "push rejected: RequestData is not the expected JSON");
-            return reply(&st, StatusCode::OK, false, "RequestData is not valid JSON");
+            return Err(reply(
+                st,
+                StatusCode::OK,
+                false,
+                "RequestData is not valid JSON",
+            ));
         }
     };
     let mut answers = Vec::with_capacity(parsed.data.len());
@@ -376,18 +456,18 @@ async fn push(State(st): State<Arc<ReceiverState>>, req: Request) -> Response {
     match st.sink.ingest(&answers).await {
         Ok(r) => {
             st.metrics.pushes_accepted.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(request_type = ?request_type, items = answers.len(), unusable_items, written = r.written.len(), duplicates = r.duplicates, bad_traces = r.bad_traces.len(), dead_letters = r.dead_letters.len(), "push accepted");
-            reply(&st, StatusCode::OK, true, "")
+            tracing::info!(request_type = %request_type, items = answers.len(), unusable_items, written = r.written.len(), duplicates = r.duplicates, bad_traces = r.bad_traces.len(), dead_letters = r.dead_letters.len(), "push accepted");
+            Ok(reply(st, StatusCode::OK, true, ""))
         }
         Err(e) => {
             st.metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(alert = true, error = %e, "push not stored; asking Kdniao to resend");
-            reply(
-                &st,
+            Err(reply(
+                st,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 false,
                 "storage error, retry later",
-            )
+            ))
         }
     }
 }

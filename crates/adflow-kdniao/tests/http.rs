@@ -802,3 +802,184 @@ async fn an_oversized_body_gets_413_with_the_json_reply() {
     assert!(!reply["Reason"].as_str().unwrap().is_empty(), "{reply}");
     assert!(output_lines(&out).is_empty());
 }
+
+/// POSTs a form to the receiver and returns the HTTP status and the JSON reply.
+async fn post_form(url: &str, fields: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    let res = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+/// A signed push of `RequestData` `data` (type 101).
+async fn post_signed(url: &str, data: &str) -> (u16, serde_json::Value) {
+    let sign = adflow_kdniao::sign::data_sign(data, &Secret::new(KEY));
+    post_form(
+        url,
+        &[
+            ("RequestData", data),
+            ("RequestType", "101"),
+            ("DataSign", &sign),
+        ],
+    )
+    .await
+}
+
+fn counter(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A push without one of its three fields is `missing_fields`, apart from a push whose sign
+/// does not verify (`bad_sign`); neither writes anything, and the reply names what is missing.
+#[tokio::test]
+async fn missing_fields_are_counted_apart_from_bad_signs() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = receiver(dir.path()).await;
+    let data = r#"{"EBusinessID":"1237100","Count":"0","Data":[]}"#;
+
+    let (status, reply) =
+        post_form(&rx.url, &[("RequestData", data), ("RequestType", "101")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["Success"], false);
+    assert_eq!(reply["Reason"], "missing DataSign");
+    let (_, reply) = post_form(&rx.url, &[("RequestType", "101"), ("DataSign", "")]).await;
+    assert_eq!(reply["Reason"], "missing RequestData, DataSign");
+    assert_eq!(counter(&rx.state.metrics.missing_fields), 2);
+    assert_eq!(counter(&rx.state.metrics.bad_sign), 0);
+
+    let (status, reply) = post_form(
+        &rx.url,
+        &[
+            ("RequestData", data),
+            ("RequestType", "101"),
+            ("DataSign", "bm90IGEgc2lnbg=="),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["Success"], false);
+    assert_eq!(reply["Reason"], "DataSign invalid");
+    assert_eq!(counter(&rx.state.metrics.missing_fields), 2);
+    assert_eq!(counter(&rx.state.metrics.bad_sign), 1);
+    assert_eq!(counter(&rx.state.metrics.pushes_accepted), 0);
+    assert!(output_lines(&rx.out).is_empty());
+}
+
+/// `Data` items that hold nothing usable (no waybill number, no carrier, no traces without
+/// being the "no traces yet" answer) are counted in `unusable_items`, an item that is not an
+/// answer object in `rejected_items`; the usable item of the same push is stored and the push
+/// is acknowledged.
+#[tokio::test]
+async fn data_items_without_anything_usable_are_counted_and_the_rest_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = receiver(dir.path()).await;
+    let data = serde_json::json!({
+        "EBusinessID": EBID, "Count": "6", "PushTime": "2024-03-01 10:00:00",
+        "Data": [
+            {"ShipperCode": "SF", "LogisticCode": "SF1001", "State": "2", "Success": true,
+             "Traces": [{"AcceptTime": "2024-03-01 08:00:00", "AcceptStation": "已揽收"}]},
+            {"ShipperCode": "SF", "LogisticCode": "", "State": "2",
+             "Traces": [{"AcceptTime": "2024-03-01 08:00:00", "AcceptStation": "已揽收"}]},
+            {"LogisticCode": "YT2002", "State": "2",
+             "Traces": [{"AcceptTime": "2024-03-01 08:00:00", "AcceptStation": "已揽收"}]},
+            {"ShipperCode": "ZTO", "LogisticCode": "7303", "State": "2", "Success": true, "Traces": []},
+            {"ShipperCode": "ZTO", "LogisticCode": "7304", "State": "0", "Success": true,
+             "Reason": "暂无轨迹信息", "Traces": []},
+            "not an answer"
+        ]
+    })
+    .to_string();
+    let (status, reply) = post_signed(&rx.url, &data).await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["Success"], true, "{reply}");
+    assert_eq!(counter(&rx.state.metrics.unusable_items), 3);
+    assert_eq!(counter(&rx.state.sink().metrics.rejected_items), 1);
+    assert_eq!(counter(&rx.state.metrics.pushes_accepted), 1);
+    let lines = output_lines(&rx.out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let ev: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(
+        (
+            ev["logistic_code"].as_str(),
+            ev["shipper_code"].as_str(),
+            ev["ts"].as_i64()
+        ),
+        (Some("SF1001"), Some("SF"), Some(1_709_251_200_000))
+    );
+    let metrics: serde_json::Value = serde_json::from_str(
+        &reqwest::get(rx.url.replace("/kdniao/push", "/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(metrics["unusable_items"], 3);
+}
+
+/// A trace whose time cannot be parsed becomes a dead letter (one line in the state
+/// directory's `dead_letters.jsonl`, not written again when Kdniao re-sends the trace); the
+/// other traces of the waybill are stored and the push is acknowledged.
+#[tokio::test]
+async fn an_unparseable_trace_time_is_a_dead_letter_and_the_rest_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = receiver(dir.path()).await;
+    let data = serde_json::json!({
+        "EBusinessID": EBID, "Count": "1",
+        "Data": [
+            {"ShipperCode": "ZTO", "LogisticCode": "7301", "State": "2", "Success": true,
+             "Traces": [
+                {"AcceptTime": "2024-03-01 08:00:00", "AcceptStation": "已揽收"},
+                {"AcceptTime": "yesterday at noon", "AcceptStation": "到达 13912345678"},
+                {"AcceptTime": "2024-03-01 20:00:00", "AcceptStation": "派件中"}
+             ]}
+        ]
+    })
+    .to_string();
+    for _ in 0..2 {
+        let (status, reply) = post_signed(&rx.url, &data).await;
+        assert_eq!(status, 200);
+        assert_eq!(reply["Success"], true, "{reply}");
+    }
+    let ts: Vec<i64> = output_lines(&rx.out)
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["ts"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ts, vec![1_709_251_200_000, 1_709_294_400_000]);
+    let dead = std::fs::read_to_string(
+        rx.out
+            .join(".kdniao")
+            .join(adflow_kdniao::dead_letter::DEAD_LETTERS_FILE),
+    )
+    .unwrap();
+    let dead: Vec<adflow_kdniao::dead_letter::DeadLetterRecord> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].stream, "logistics");
+    assert_eq!(dead[0].position, "kdniao/ZTO/7301/Traces[1]");
+    assert!(
+        dead[0].reason.contains("yesterday at noon"),
+        "{}",
+        dead[0].reason
+    );
+    assert!(dead[0].raw.contains("139****5678"), "{}", dead[0].raw);
+    assert!(!dead[0].raw.contains("13912345678"));
+    assert_eq!(counter(&rx.state.sink().metrics.bad_traces), 2);
+    assert_eq!(counter(&rx.state.sink().metrics.dead_letters), 1);
+}

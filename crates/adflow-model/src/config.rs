@@ -130,6 +130,9 @@ pub struct Settings {
     pub phone_secret_env: String,
     /// `[kafka]`: the live source (`adflow run --kafka`); command-line flags override it.
     pub kafka: KafkaSettings,
+    /// `[actions]`: trigger webhooks, operator alerts, campaign pauses (`docs/actions.md`).
+    /// Absent: no action is taken (the tables are still written).
+    pub actions: Option<ActionsSettings>,
     /// Which settings the file gave explicitly (see [`Settings::for_live`]).
     #[serde(skip)]
     pub given: Given,
@@ -188,6 +191,133 @@ impl Default for KafkaSettings {
     }
 }
 
+/// The `[actions]` table: what leaves the pipeline as calls to other systems. See
+/// `docs/actions.md`. Every action goes through a durable outbox in `outbox`, keyed by a
+/// stable id, so that it is sent at most once per id whatever restarts happen.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActionsSettings {
+    /// Directory of the durable outbox (default: `<output>/_actions` of `adflow run`, or
+    /// required when there is no `--output`).
+    pub outbox: Option<String>,
+    /// How long one HTTP call may take before it counts as a network error (default 10 s).
+    pub timeout: Millis,
+    /// Retries after a network error, a 5xx or a 429 answer (default 3); then the action goes
+    /// to the failed queue (`adflow actions replay-failed`). Other 4xx answers fail at once.
+    pub retries: u32,
+    /// Delay between attempts (default 5 s).
+    pub retry_delay: Millis,
+    /// Calls in flight at once per action kind (default 4).
+    pub concurrency: u32,
+    /// When a run ends, how long it waits for the actions still being sent (default 30 s);
+    /// what is left stays pending in the outbox and is sent by the next run.
+    pub drain_timeout: Millis,
+    /// When set, an action whose time (a trigger's `due_ts`, an anomaly's `opened_ts`) is
+    /// older than this behind the wall clock when it is decided is recorded as `expired`
+    /// instead of being sent: replays of old topics then do not reach customers. Default:
+    /// unset (everything is sent).
+    pub max_age: Option<Millis>,
+    /// `[actions.webhook]`: every trigger, as a signed JSON webhook.
+    pub webhook: Option<WebhookSettings>,
+    /// `[actions.alerts]`: operator alerts for anomalies.
+    pub alerts: Option<AlertSettings>,
+    /// `[actions.pause_campaign]`: pause a campaign on a CPC spike or when it went dark.
+    pub pause_campaign: Option<PauseSettings>,
+}
+
+impl Default for ActionsSettings {
+    fn default() -> Self {
+        ActionsSettings {
+            outbox: None,
+            timeout: Millis(10 * SECOND),
+            retries: 3,
+            retry_delay: Millis(5 * SECOND),
+            concurrency: 4,
+            drain_timeout: Millis(30 * SECOND),
+            max_age: None,
+            webhook: None,
+            alerts: None,
+            pause_campaign: None,
+        }
+    }
+}
+
+/// `[actions.webhook]`: the trigger webhook.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// The receiver (`http://` or `https://`); every trigger is POSTed here.
+    pub url: String,
+    /// Environment variable holding the HMAC-SHA256 signing secret (default
+    /// `ADFLOW_WEBHOOK_SECRET`; it must be set and non-empty).
+    #[serde(default = "default_webhook_secret_env")]
+    pub secret_env: String,
+}
+
+fn default_webhook_secret_env() -> String {
+    "ADFLOW_WEBHOOK_SECRET".into()
+}
+
+/// Where operator alerts go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertTarget {
+    /// A WeCom (企业微信) group robot: its `markdown` message JSON.
+    Wecom,
+    /// A generic JSON webhook, signed like the trigger webhook when `secret_env` is set.
+    Webhook,
+}
+
+/// `[actions.alerts]`: operator alerts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    /// `wecom` or `webhook`.
+    pub target: AlertTarget,
+    /// The robot's URL (`https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=...`) or the
+    /// webhook's.
+    pub url: String,
+    /// Generic webhook only: environment variable with the signing secret (unset: unsigned).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// Anomaly kinds alerted once per interval (default `cpc_spike`, `no_impressions`).
+    #[serde(default = "default_alert_kinds")]
+    pub kinds: Vec<String>,
+    /// Alert once when the number of open `stalled_parcel` intervals rises above this
+    /// (default 100; 0 disables), again only after it has fallen to it or below.
+    #[serde(default = "default_count_threshold")]
+    pub stalled_parcels_above: u64,
+    /// The same for open `delivery_exception` intervals (default 100; 0 disables).
+    #[serde(default = "default_count_threshold")]
+    pub delivery_exceptions_above: u64,
+}
+
+fn default_alert_kinds() -> Vec<String> {
+    vec!["cpc_spike".into(), "no_impressions".into()]
+}
+
+fn default_count_threshold() -> u64 {
+    100
+}
+
+/// `[actions.pause_campaign]`: pausing campaigns on anomalies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseSettings {
+    /// Send the pause calls (default false: dry run, each decision is logged and counted).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Where the pause call is POSTed (required when enabled).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Environment variable with the signing secret (default `ADFLOW_WEBHOOK_SECRET`).
+    #[serde(default = "default_webhook_secret_env")]
+    pub secret_env: String,
+    /// Anomaly kinds that pause their campaign (default `cpc_spike`, `no_impressions`).
+    #[serde(default = "default_alert_kinds")]
+    pub kinds: Vec<String>,
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -211,6 +341,7 @@ impl Default for Settings {
             tick: Millis(SECOND),
             phone_secret_env: "ADFLOW_PHONE_SECRET".into(),
             kafka: KafkaSettings::default(),
+            actions: None,
             given: Given::default(),
         }
     }
@@ -290,6 +421,9 @@ impl Settings {
         }
         self.cpc_ratio_scaled()?;
         self.zone_offset_minutes()?;
+        if let Some(a) = &self.actions {
+            a.validate()?;
+        }
         Ok(())
     }
 
@@ -316,6 +450,75 @@ impl Settings {
             return Err(err());
         }
         Ok(sign * (h * 60 + m))
+    }
+}
+
+/// Anomaly kinds an alert or a pause may name.
+const ANOMALY_KINDS: [&str; 5] = [
+    "stalled_parcel",
+    "delivery_exception",
+    "cpc_spike",
+    "no_impressions",
+    "spend_mismatch",
+];
+
+impl ActionsSettings {
+    /// Checks URLs, kinds and ranges.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |m: String| Err(SettingsError::Invalid(format!("[actions] {m}")));
+        let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        if self.timeout.0 <= 0 || self.retry_delay.0 < 0 || self.drain_timeout.0 < 0 {
+            return bad(
+                "timeout must be positive, retry_delay and drain_timeout not negative".into(),
+            );
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency must be at least 1".into());
+        }
+        if let Some(w) = &self.webhook {
+            if !url_ok(&w.url) {
+                return bad(format!(
+                    "webhook.url {:?} must be http:// or https://",
+                    w.url
+                ));
+            }
+        }
+        if let Some(a) = &self.alerts {
+            if !url_ok(&a.url) {
+                return bad(format!(
+                    "alerts.url {:?} must be http:// or https://",
+                    a.url
+                ));
+            }
+            if let Some(k) = a
+                .kinds
+                .iter()
+                .find(|k| !ANOMALY_KINDS.contains(&k.as_str()))
+            {
+                return bad(format!("alerts.kinds: unknown anomaly kind {k:?}"));
+            }
+        }
+        if let Some(p) = &self.pause_campaign {
+            if let Some(k) = p
+                .kinds
+                .iter()
+                .find(|k| !matches!(k.as_str(), "cpc_spike" | "no_impressions"))
+            {
+                return bad(format!(
+                    "pause_campaign.kinds: {k:?} is not a campaign anomaly (cpc_spike, no_impressions)"
+                ));
+            }
+            match &p.url {
+                Some(u) if !url_ok(u) => {
+                    return bad(format!(
+                        "pause_campaign.url {u:?} must be http:// or https://"
+                    ))
+                }
+                None if p.enabled => return bad("pause_campaign.enabled needs a url".into()),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -377,6 +580,36 @@ mod tests {
             (s.tick, s.allowed_lateness),
             (Millis(SECOND), Millis(5 * SECOND))
         );
+    }
+
+    #[test]
+    fn actions_table() {
+        let s = Settings::from_toml(
+            "[actions]\noutbox = \"/tmp/o\"\nretries = 2\n[actions.webhook]\nurl = \"http://127.0.0.1:9/t\"\n[actions.alerts]\ntarget = \"wecom\"\nurl = \"https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k\"\nstalled_parcels_above = 5\n[actions.pause_campaign]\n",
+        )
+        .unwrap();
+        let a = s.actions.unwrap();
+        assert_eq!(a.retries, 2);
+        assert_eq!(a.retry_delay, Millis(5 * SECOND));
+        assert_eq!(a.webhook.unwrap().secret_env, "ADFLOW_WEBHOOK_SECRET");
+        let al = a.alerts.unwrap();
+        assert_eq!(al.target, AlertTarget::Wecom);
+        assert_eq!(
+            (al.stalled_parcels_above, al.delivery_exceptions_above),
+            (5, 100)
+        );
+        assert_eq!(al.kinds, vec!["cpc_spike", "no_impressions"]);
+        let p = a.pause_campaign.unwrap();
+        assert!(!p.enabled && p.url.is_none());
+        for bad in [
+            "[actions.webhook]\nurl = \"ftp://x\"\n",
+            "[actions.pause_campaign]\nenabled = true\n",
+            "[actions.alerts]\ntarget = \"sms\"\nurl = \"http://x\"\n",
+            "[actions.alerts]\ntarget = \"webhook\"\nurl = \"http://x\"\nkinds = [\"nope\"]\n",
+            "[actions]\nbogus = 1\n",
+        ] {
+            assert!(Settings::from_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -34,6 +34,13 @@ pub trait Sink: Send {
     /// handed over.
     fn write(&mut self, changes: Vec<Change>, frontier: i64) -> Result<(), SinkError>;
 
+    /// Whether this sink takes the changes of `table` (default: every table). A sink that
+    /// takes only some gets only theirs (it is still called with every frontier): the engine
+    /// then copies just those rows for it.
+    fn wants(&self, _table: crate::output::Table) -> bool {
+        true
+    }
+
     /// Blocks until everything handed over so far is durable.
     fn flush(&mut self) -> Result<(), SinkError>;
 

@@ -37,6 +37,15 @@ pub fn wait_or_kill(
     (status, stderr)
 }
 
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Runs `c` and fails the test with its stderr unless it exits 0.
 pub fn ok(c: &mut Command) {
     let out = c.output().unwrap();
@@ -175,4 +184,257 @@ pub fn contents(
         out.insert(table.to_string(), rows);
     }
     out
+}
+
+/// The Redis server of the tests (`ADFLOW_REDIS_URL`, the URL that
+/// `scripts/services/redis.sh start` prints); `None` (the test is skipped) only with
+/// `ADFLOW_SKIP_SERVICE_TESTS=1`, else a missing server fails the test.
+pub fn redis_url() -> Option<String> {
+    match std::env::var("ADFLOW_REDIS_URL") {
+        Ok(u) if !u.trim().is_empty() => Some(u),
+        _ => {
+            if std::env::var("ADFLOW_SKIP_SERVICE_TESTS").as_deref() == Ok("1") {
+                eprintln!("skipped: ADFLOW_SKIP_SERVICE_TESTS=1 and no ADFLOW_REDIS_URL");
+                None
+            } else {
+                panic!(
+                    "ADFLOW_REDIS_URL is not set: start a server with \
+                     `scripts/services/redis.sh start` and export \
+                     ADFLOW_REDIS_URL=redis://127.0.0.1:16379, or set ADFLOW_SKIP_SERVICE_TESTS=1"
+                )
+            }
+        }
+    }
+}
+
+/// The ClickHouse server of the tests (`ADFLOW_CLICKHOUSE_URL`, the URL that
+/// `scripts/services/clickhouse.sh start` prints); `None` (the test is skipped) only with
+/// `ADFLOW_SKIP_SERVICE_TESTS=1`, else a missing server fails the test.
+pub fn clickhouse_url() -> Option<String> {
+    match std::env::var("ADFLOW_CLICKHOUSE_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ if std::env::var("ADFLOW_SKIP_SERVICE_TESTS").as_deref() == Ok("1") => None,
+        _ => panic!("ADFLOW_CLICKHOUSE_URL is not set: start scripts/services/clickhouse.sh (or set ADFLOW_SKIP_SERVICE_TESTS=1)"),
+    }
+}
+
+/// Fails the test (messages prefixed by `what`) unless the current contents of every
+/// ClickHouse table of the database `db` on `url` equal those of the file changelogs in `out`,
+/// and every table but `suppressed_persons` has rows (else the comparison proves little).
+pub fn assert_clickhouse_equals_files(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    db: &str,
+    out: &Path,
+    what: &str,
+) {
+    use adflow_model::Table;
+    let files = adflow_reference::read_changelog_dir(out).unwrap();
+    let cfg = adflow_clickhouse::ClickHouseConfig::new(url.to_string(), db.to_string());
+    for table in Table::ALL {
+        let in_ch = rt
+            .block_on(adflow_clickhouse::current_contents(&cfg, table))
+            .unwrap();
+        let in_files: Vec<_> = files
+            .get(&table)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            in_ch.len(),
+            in_files.len(),
+            "{what}{table}: row counts differ"
+        );
+        assert_eq!(in_ch, in_files, "{what}{table}: contents differ");
+        if table != Table::SuppressedPersons {
+            assert!(
+                !in_files.is_empty(),
+                "{what}{table} is empty: the comparison proves little"
+            );
+        }
+    }
+}
+
+// Live mode (`adflow run --kafka`): the helpers of `kafka_run.rs` and `faults.rs`.
+
+/// A topic prefix unique to this test run, `run<unique>_<name>.`.
+pub fn topic_prefix(name: &str) -> String {
+    format!("{}_{name}.", unique("run"))
+}
+
+/// The settings of the live-mode tests.
+pub const LIVE_CONFIG: &str = "allowed_lateness = \"1s\"\nstate_retention = \"3650d\"\n[kafka]\nidle_timeout = \"1s\"\ncommit_interval = \"200ms\"\n";
+
+/// Generated data set, the settings both modes use ([`LIVE_CONFIG`]), and the file-mode
+/// output (see [`generate_and_run_files`]).
+pub fn live_setup(dir: &Path) {
+    // Once caught up, event time follows the wall clock (spec §2): every timer of the 2024
+    // data set fires, and the state retention must cover the span from the data to now.
+    generate_and_run_files(dir, LIVE_CONFIG);
+}
+
+/// `adflow produce` of `dir/in` to the 4-partition topics `<prefix>...`, at `rate` events/s
+/// if given.
+pub fn produce(dir: &Path, brokers: &str, prefix: &str, rate: Option<&str>) -> Command {
+    let mut c = adflow();
+    c.arg("produce").arg("--input").arg(dir.join("in")).args([
+        "--kafka",
+        brokers,
+        "--topic-prefix",
+        prefix,
+        "--partitions",
+        "4",
+    ]);
+    if let Some(r) = rate {
+        c.args(["--rate", r]);
+    }
+    c
+}
+
+/// `adflow run --kafka` of the topics `<prefix>...` with 2 workers (group `<prefix>g`, the
+/// settings `dir/cfg.toml`), writing `dir/out`.
+pub fn run_kafka(dir: &Path, brokers: &str, prefix: &str, out: &str) -> Command {
+    let mut c = adflow();
+    c.args([
+        "run",
+        "--kafka",
+        brokers,
+        "--topic-prefix",
+        prefix,
+        "--group",
+    ])
+    .arg(format!("{prefix}g"))
+    .args(["--workers", "2", "--output"])
+    .arg(dir.join(out))
+    .arg("--config")
+    .arg(dir.join("cfg.toml"));
+    c
+}
+
+/// The tables the spec defines for the data set once a live run has caught up and gone idle:
+/// the reference with the end watermark now (every timer of the data set due).
+pub fn expected(
+    dir: &Path,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    reference_contents(&dir.join("in"), &dir.join("cfg.toml"), Some(now))
+}
+
+/// Fails the test unless `a` holds exactly the tables `e` (and `e` has rows in every table
+/// but `suppressed_persons` and `triggers`), naming a few rows that differ.
+pub fn assert_same(
+    e: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>,
+    a: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>,
+) {
+    assert_eq!(e.keys().collect::<Vec<_>>(), a.keys().collect::<Vec<_>>());
+    for (table, rows) in e {
+        assert!(!rows.is_empty() || table == "suppressed_persons" || table == "triggers");
+        let got = &a[table];
+        let missing: Vec<_> = rows
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(v))
+            .take(3)
+            .collect();
+        let extra: Vec<_> = got
+            .iter()
+            .filter(|(k, v)| rows.get(*k) != Some(v))
+            .take(3)
+            .collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{table}: {} vs {} rows; expected but not found: {missing:?}; found but not expected: {extra:?}",
+            rows.len(),
+            got.len()
+        );
+    }
+}
+
+/// Ends a run's `--http-linger` with SIGTERM (the run itself is over, so the exit is clean)
+/// and returns its exit status and stderr.
+pub fn end_linger(child: std::process::Child, what: &str) -> (std::process::ExitStatus, String) {
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    wait_or_kill(child, std::time::Duration::from_secs(30), what)
+}
+
+/// A plain HTTP/1.0 request to `http://127.0.0.1:PORT/path` (a form body, if any):
+/// (status, body).
+pub fn http_request(url: &str, method: &str, body: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_at(rest.find('/')?);
+    let mut c = std::net::TcpStream::connect(host).ok()?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        c,
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    c.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// [`http_request`] with `GET`.
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    http_request(url, "GET", "")
+}
+
+/// Counter, gauge and untyped samples of a Prometheus scrape (histograms' `_count`/`_sum`
+/// among them): (name, sorted labels) → value.
+pub type Samples = std::collections::BTreeMap<(String, Vec<(String, String)>), f64>;
+
+/// Parses `/metrics` text with a real Prometheus parser (failing the test if it is not).
+pub fn parse_metrics(text: &str) -> (prometheus_parse::Scrape, Samples) {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("/metrics is not Prometheus text");
+    let mut samples = Samples::new();
+    for s in &scrape.samples {
+        let v = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => continue,
+        };
+        let mut labels: Vec<(String, String)> = s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        labels.sort();
+        samples.insert((s.metric.clone(), labels), v);
+    }
+    (scrape, samples)
+}
+
+/// The sample `name{labels}` (failing the test when there is none).
+pub fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut l: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    l.sort();
+    *samples
+        .get(&(name.to_string(), l))
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
+}
+
+/// The sum of `name` over all its label sets.
+pub fn sample_sum(samples: &Samples, name: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|((n, _), _)| n == name)
+        .map(|(_, v)| v)
+        .sum()
 }
