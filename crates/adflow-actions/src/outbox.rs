@@ -410,7 +410,6 @@ impl Outbox {
             self.entries.remove(id);
         }
         let op = self.dir.join(OUTBOX_FILE);
-        let tmp = self.dir.join(format!("{OUTBOX_FILE}.tmp"));
         let mut kept: Vec<(&String, &Entry)> = self.entries.iter().collect();
         kept.sort_by(|a, b| (a.1.at, a.0).cmp(&(b.1.at, b.0)));
         let mut text = Vec::new();
@@ -431,13 +430,7 @@ impl Outbox {
             )?;
             text.push(b'\n');
         }
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&text).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &op).map_err(io(&op))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
+        adflow_model::durable::replace_file(&op, &text).map_err(io(&op))?;
         self.outbox = append_file(&op)?;
         self.unsynced = false;
         let dp = self.dir.join(DELIVERIES_FILE);

@@ -27,7 +27,6 @@ use adflow_model::output::{AnomalyRow, Change, OutputRow, Table};
 use adflow_model::{Sink, SinkError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -291,19 +290,8 @@ impl ActionsSink {
             counts: self.counts.clone(),
         };
         let path = self.dir.join(STATE_FILE);
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let io = |source| ActionError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&serde_json::to_vec(&stored)?).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-        Ok(())
+        adflow_model::durable::replace_file(&path, &serde_json::to_vec(&stored)?)
+            .map_err(|source| ActionError::Io { path, source })
     }
 }
 

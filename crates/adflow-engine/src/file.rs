@@ -376,16 +376,14 @@ impl FileSink {
             latest: latest.clone(),
             previous: previous.clone(),
         };
-        let tmp = self.dir.join(format!("{PROGRESS_FILE}.tmp"));
-        let mut f = File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(&p).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        // Fault tests: the progress record is written but never takes the place of the last.
-        fail::fail_point!("sink::file::progress", |_| Err(injected_fault(
-            "sink::file::progress"
-        )));
-        std::fs::rename(&tmp, self.dir.join(PROGRESS_FILE))?;
-        File::open(&self.dir)?.sync_all()?;
+        let bytes = serde_json::to_vec(&p).map_err(std::io::Error::other)?;
+        adflow_model::durable::replace_file_with(&self.dir.join(PROGRESS_FILE), &bytes, || {
+            // Fault tests: the progress record is written but never takes the place of the last.
+            fail::fail_point!("sink::file::progress", |_| Err(injected_fault(
+                "sink::file::progress"
+            )));
+            Ok(())
+        })?;
         self.previous = previous;
         self.last = Some(latest);
         Ok(())

@@ -114,7 +114,13 @@ impl FailedQueue {
                 f.write_all(line.as_bytes())?;
             }
             f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
+            std::fs::rename(&tmp, &self.path)?;
+            // The rename itself is durable only once the directory is synced.
+            let dir = match self.path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            std::fs::File::open(dir)?.sync_all()
         };
         write().map_err(|e| KdniaoError::io(&self.path, e))
     }

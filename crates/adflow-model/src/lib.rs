@@ -12,6 +12,7 @@
 //! This crate does no I/O.
 
 pub mod config;
+pub mod durable;
 pub mod event;
 pub mod identity;
 pub mod money;
