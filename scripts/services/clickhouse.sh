@@ -15,6 +15,8 @@
 # Uses Debian's clickhouse-server package (18.16); installs it when missing. Nothing here is
 # specific to 18.16: any clickhouse-server binary that reads XML config works.
 set -euo pipefail
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DIR="${ADFLOW_CLICKHOUSE_DIR:-$ROOT/target/services/clickhouse}"
@@ -167,16 +169,7 @@ start() {
 stop() {
     local pid
     if pid="$(running_pid)"; then
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 300); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "pid $pid did not stop in 30 s; killing"
-            kill -9 "$pid" 2>/dev/null || true
-        fi
-        log "stopped (pid $pid)"
+        stop_gracefully "$pid" 30
     else
         log "not running"
     fi

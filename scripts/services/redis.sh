@@ -12,6 +12,8 @@
 # docs/redis.md for production settings). Uses Debian's redis-server package; installs it when
 # missing.
 set -euo pipefail
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DIR="${ADFLOW_REDIS_DIR:-$ROOT/target/services/redis}"
@@ -73,16 +75,7 @@ start() {
 stop() {
     local pid
     if pid="$(running_pid)"; then
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "pid $pid did not stop in 10 s; killing"
-            kill -9 "$pid" 2>/dev/null || true
-        fi
-        log "stopped (pid $pid)"
+        stop_gracefully "$pid" 10
     else
         log "not running"
     fi
