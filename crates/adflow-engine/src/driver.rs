@@ -123,6 +123,9 @@ pub struct LatencySummary {
     pub p50_ms: u64,
     pub p99_ms: u64,
     pub max_ms: u64,
+    /// Produce timestamp → read by a worker (before the dataflow).
+    pub arrival_p50_ms: u64,
+    pub arrival_p99_ms: u64,
     pub ingest_span_ms: u64,
 }
 

@@ -181,6 +181,9 @@ struct Latency {
     pending: BTreeMap<Time, Vec<(i64, u64)>>,
     /// Histogram in milliseconds; the last bucket collects everything longer.
     histogram: Vec<u64>,
+    /// Produce timestamp → read by the worker, in milliseconds (same buckets): the part of the
+    /// latency spent before the dataflow (producer, broker, fetch, the consumer's queue).
+    arrival: Vec<u64>,
     first: Option<Instant>,
     last: Option<Instant>,
 }
@@ -188,8 +191,14 @@ struct Latency {
 const LATENCY_BUCKETS: usize = 600_001;
 
 impl Latency {
-    /// Notes a message produced at `produced` (ms) and inserted at `at`.
-    fn note(&mut self, at: Time, produced: i64) {
+    /// Notes a message produced at `produced` (ms), read at `read_ms` and inserted at `at`.
+    fn note(&mut self, at: Time, produced: i64, read_ms: Option<i64>) {
+        if let Some(now) = read_ms {
+            if self.arrival.is_empty() {
+                self.arrival = vec![0; LATENCY_BUCKETS];
+            }
+            self.arrival[(now - produced).clamp(0, LATENCY_BUCKETS as i64 - 1) as usize] += 1;
+        }
         let runs = self.pending.entry(at).or_default();
         match runs.last_mut() {
             Some((p, n)) if *p == produced => *n += 1,
@@ -222,6 +231,14 @@ impl Latency {
         for (a, b) in self.histogram.iter_mut().zip(&o.histogram) {
             *a += b;
         }
+        if !o.arrival.is_empty() {
+            if self.arrival.is_empty() {
+                self.arrival = vec![0; LATENCY_BUCKETS];
+            }
+            for (a, b) in self.arrival.iter_mut().zip(&o.arrival) {
+                *a += b;
+            }
+        }
         self.first = match (self.first, o.first) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -231,10 +248,11 @@ impl Latency {
 
     fn summary(&self) -> crate::driver::LatencySummary {
         let samples: u64 = self.histogram.iter().sum();
-        let pct = |q: f64| {
-            let target = ((samples as f64) * q).ceil().max(1.0) as u64;
+        let pct = |h: &[u64], q: f64| {
+            let n: u64 = h.iter().sum();
+            let target = ((n as f64) * q).ceil().max(1.0) as u64;
             let mut acc = 0;
-            for (ms, n) in self.histogram.iter().enumerate() {
+            for (ms, n) in h.iter().enumerate() {
                 acc += n;
                 if acc >= target {
                     return ms as u64;
@@ -244,9 +262,11 @@ impl Latency {
         };
         crate::driver::LatencySummary {
             samples,
-            p50_ms: pct(0.50),
-            p99_ms: pct(0.99),
+            p50_ms: pct(&self.histogram, 0.50),
+            p99_ms: pct(&self.histogram, 0.99),
             max_ms: self.histogram.iter().rposition(|&n| n > 0).unwrap_or(0) as u64,
+            arrival_p50_ms: pct(&self.arrival, 0.50),
+            arrival_p99_ms: pct(&self.arrival, 0.99),
             ingest_span_ms: match (self.first, self.last) {
                 (Some(a), Some(b)) => b.saturating_duration_since(a).as_millis() as u64,
                 _ => 0,
@@ -796,6 +816,7 @@ fn run_worker(
                 let ingest = Ingest::new(opts, cur);
                 let mut seen: HashMap<(StreamKind, i32), (i64, i64)> = HashMap::new();
                 let now = Instant::now();
+                let read_ms = live.measure_latency.then(wall_ms);
                 for (msg, produced_at) in &msgs {
                     let Some((partition, offset)) = kafka_pos(msg) else {
                         continue;
@@ -808,7 +829,7 @@ fn run_worker(
                         let at = match got {
                             Ingested::Event { at, .. } | Ingested::Rejected { at } => at,
                         };
-                        lat.note(at, *p);
+                        lat.note(at, *p, read_ms);
                     }
                     let e = seen.entry(key).or_insert((i64::MIN, offset + 1));
                     e.1 = e.1.max(offset + 1);
@@ -1424,16 +1445,18 @@ mod tests {
     fn latency_percentiles() {
         let mut l = Latency::default();
         for i in 0..100 {
-            l.note(i as Time, 1_000 - i as i64);
+            l.note(i as Time, 1_000 - i as i64, Some(1_000));
         }
         // Runs of equal produce times are kept as one entry with a count.
-        l.note(500, 0);
-        l.note(500, 0);
+        l.note(500, 0, None);
+        l.note(500, 0, None);
         assert_eq!(l.pending[&500], vec![(0, 2)]);
         // Released at wall clock 1_000: latencies 0..=99 ms; the entry at 500 waits.
         l.release(100, 1_000, true, &metrics::Histogram::noop());
         let s = l.summary();
         assert_eq!((s.samples, s.p50_ms, s.p99_ms, s.max_ms), (100, 49, 98, 99));
+        // Read at 1_000 as well: the whole latency was spent before the dataflow.
+        assert_eq!((s.arrival_p50_ms, s.arrival_p99_ms), (49, 98));
         assert_eq!(l.pending.len(), 1);
         l.release(Time::MAX, 1_000, true, &metrics::Histogram::noop());
         assert_eq!(l.summary().samples, 102);

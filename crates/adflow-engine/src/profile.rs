@@ -12,7 +12,8 @@ use timely::logging::{StartStop, TimelyEvent, TimelyEventBuilder};
 struct Stats {
     names: HashMap<usize, (Vec<usize>, String)>,
     started: HashMap<usize, Duration>,
-    total: HashMap<usize, (Duration, u64)>,
+    /// Per operator: total time, calls, longest single call.
+    total: HashMap<usize, (Duration, u64, Duration)>,
 }
 
 /// A registered operator profile of one worker.
@@ -45,8 +46,10 @@ pub(crate) fn register(worker: &mut timely::worker::Worker) -> Option<Profile> {
                         StartStop::Stop => {
                             if let Some(s0) = st.started.remove(&ev.id) {
                                 let e = st.total.entry(ev.id).or_default();
-                                e.0 += t.saturating_sub(s0);
+                                let d = t.saturating_sub(s0);
+                                e.0 += d;
                                 e.1 += 1;
+                                e.2 = e.2.max(d);
                             }
                         }
                     },
@@ -65,26 +68,32 @@ impl Profile {
             r.remove("timely");
         }
         let st = self.stats.borrow();
-        let mut rows: Vec<(Duration, u64, String)> = st
+        let mut rows: Vec<(Duration, u64, Duration, String)> = st
             .total
             .iter()
-            .map(|(id, (d, n))| {
+            .map(|(id, (d, n, longest))| {
                 let name = st
                     .names
                     .get(id)
                     .map(|(a, n)| format!("{n} {a:?}"))
                     .unwrap_or_else(|| format!("#{id}"));
-                (*d, *n, name)
+                (*d, *n, *longest, name)
             })
             .collect();
         rows.sort_by_key(|r| std::cmp::Reverse(r.0));
         let mut text = String::new();
-        for (d, n, name) in rows.iter().take(40) {
-            text.push_str(&format!("\n{:>9.3}s {:>9} {}", d.as_secs_f64(), n, name));
+        for (d, n, longest, name) in rows.iter().take(40) {
+            text.push_str(&format!(
+                "\n{:>9.3}s {:>9} {:>8.1}ms {}",
+                d.as_secs_f64(),
+                n,
+                longest.as_secs_f64() * 1e3,
+                name
+            ));
         }
         tracing::info!(
             worker = worker.index(),
-            "operator profile (seconds, calls, operator):{text}"
+            "operator profile (seconds, calls, longest call, operator):{text}"
         );
     }
 }
