@@ -58,6 +58,10 @@ pub struct ProduceCmd {
     /// start time, so runs never share an event id) [default: 1].
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
+    /// `--live`: how long the producer waits to fill a batch (librdkafka's `linger.ms`); the
+    /// events' `ts` is taken before the wait, so it counts in every measured freshness
+    #[arg(long, value_name = "MS", default_value_t = adflow_kafka::DEFAULT_LINGER_MS)]
+    linger_ms: u32,
     /// Partitions of the topics created when missing (existing topics are left alone).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_PARTITIONS)]
     partitions: i32,
@@ -136,6 +140,7 @@ fn cmd_produce_live(a: ProduceCmd) -> Result<()> {
         users,
         seed: a.seed.unwrap_or(DEFAULT_LIVE_SEED),
         partitions: Some(a.partitions),
+        linger: Duration::from_millis(a.linger_ms.into()),
     };
     let report = produce_live(&args).with_context(|| {
         format!(

@@ -30,6 +30,7 @@ pub use dead_letter::{DeadLetter, DeadLetterProducer, RAW_LIMIT};
 pub use error::KafkaError;
 pub use live_produce::{
     live_topic, produce_live, LiveProduceArgs, LiveProduceReport, LiveStreamReport,
+    DEFAULT_LINGER_MS,
 };
 pub use produce::{message_key, now_ms, produce, ProduceArgs, ProduceReport, StreamReport};
 pub use source::{

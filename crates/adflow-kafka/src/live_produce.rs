@@ -55,7 +55,15 @@ pub struct LiveProduceArgs {
     /// Create the missing topics (the five input topics and `dead_letters`) with this many
     /// partitions first.
     pub partitions: Option<i32>,
+    /// How long librdkafka waits to fill a batch (`linger.ms`).
+    pub linger: Duration,
 }
+
+/// The load generator's default `linger.ms`: 20 ms. Against librdkafka's 5 ms it takes the
+/// broker ~45% less CPU at 100k events/s (tansu 0.6.0, 20 partitions: 0.36 → 0.19 core), which on
+/// a machine that shares its cores with the pipeline is worth more freshness than the ~10 ms it
+/// adds on average.
+pub const DEFAULT_LINGER_MS: u32 = 20;
 
 /// Counts of one stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -186,7 +194,7 @@ pub fn produce_live(args: &LiveProduceArgs) -> Result<LiveProduceReport, KafkaEr
     }
 
     let mut cc = config.client_config()?;
-    cc.set("linger.ms", "5")
+    cc.set("linger.ms", args.linger.as_millis().to_string())
         .set("batch.num.messages", "100000")
         .set("compression.type", "none")
         .set("queue.buffering.max.messages", "200000")
@@ -370,6 +378,7 @@ mod tests {
             users: 10,
             seed: 1,
             partitions: Some(4),
+            linger: Duration::from_millis(5),
         };
         assert!(matches!(produce_live(&args), Err(KafkaError::Config(_))));
         let args = LiveProduceArgs {
