@@ -29,7 +29,7 @@ use crate::{need, Context, Pipeline, SharedName};
 use adflow_engine::ops::expire_at;
 use adflow_model::config::Model;
 use adflow_model::event::Body;
-use adflow_model::identity::{device_node, user_node};
+use adflow_model::event::IdNode;
 use adflow_model::output::{div_round_half_away, AttributionRow, Fixed};
 use adflow_model::{OutputRow, Sym, Table};
 
@@ -135,8 +135,8 @@ impl Pipeline for Attribution {
                 event_id: e.event_id,
                 campaign_id,
                 channel,
-                device_node: device_node(&device_id),
-                user_node: user_id.as_deref().and_then(user_node),
+                device_node: IdNode::device(&device_id),
+                user_node: user_id.as_ref().and_then(IdNode::user),
             }),
             _ => None,
         });
@@ -177,9 +177,9 @@ impl Pipeline for Attribution {
 
         let order_person = orders
             .clone()
-            .flat_map(|(id, o)| user_node(&o.user_id).map(|n| (n, id)))
+            .flat_map(|(id, o)| IdNode::user(&o.user_id).map(|n| (n, id)))
             .join_core(labels_by_node.clone(), |_node, id, label| {
-                person_of(label).map(|p| (id.clone(), Sym::from(p)))
+                person_of(label).map(|p| (id.clone(), p.clone()))
             });
 
         let clicks_by_person = clicks
@@ -195,7 +195,7 @@ impl Pipeline for Attribution {
                 v
             })
             .join_core(labels_by_node, |_node, click, label| {
-                person_of(label).map(|p| (Sym::from(p), click.clone()))
+                person_of(label).map(|p| (p.clone(), click.clone()))
             })
             .distinct();
 

@@ -1,6 +1,7 @@
 //! `identity`: incremental connected components over identifier nodes (spec §3).
 //!
-//! Nodes are `user:<id>`, `device:<id>` and `phone:<keyed hash>`; edges come from `link`
+//! Nodes are `user:<id>`, `device:<id>` and `phone:<keyed hash>` ([`IdNode`]: kind and
+//! text, compared without the prefix); edges come from `link`
 //! events (a star over the link's identifiers), clicks with a `user_id` (device–user) and
 //! orders with a phone (user–phone). Every order's user is a node even without edges. A
 //! person is a connected component; its label is the smallest user id in it (string order).
@@ -17,18 +18,14 @@
 use crate::types::Label;
 use crate::{Context, Pipeline, SharedName};
 use adflow_model::event::{Body, IdNode};
-use adflow_model::identity::{device_node, user_node};
-use adflow_model::Table;
+use adflow_model::{Sym, Table};
 use differential_dataflow::operators::Iterate;
 
 pub struct Identity;
 
-/// The label a node starts with: users label themselves `(0, id)`, others `(1, node)`.
-pub fn initial_label(node: &str) -> Label {
-    match node.strip_prefix("user:") {
-        Some(id) => (0, id.to_string()),
-        None => (1, node.to_string()),
-    }
+/// The label a node starts with: itself (the smallest node of a component is its label).
+pub fn initial_label(node: &IdNode) -> Label {
+    node.clone()
 }
 
 impl Pipeline for Identity {
@@ -53,12 +50,13 @@ impl Pipeline for Identity {
             .concat(cx.by_type.clicks.clone())
             .concat(cx.by_type.orders.clone())
             .flat_map(|e| {
-                let mut out: Vec<(String, String)> = Vec::new();
+                let mut out: Vec<(IdNode, IdNode)> = Vec::new();
                 match e.body {
                     Body::Link { nodes } => {
-                        let keys: Vec<String> = nodes.iter().map(IdNode::key).collect();
-                        for k in keys.iter().skip(1) {
-                            out.push((keys[0].clone(), k.clone()));
+                        if let Some((first, rest)) = nodes.split_first() {
+                            for k in rest {
+                                out.push((first.clone(), k.clone()));
+                            }
                         }
                     }
                     Body::Click {
@@ -66,7 +64,7 @@ impl Pipeline for Identity {
                         user_id: Some(u),
                         ..
                     } => {
-                        if let (Some(d), Some(u)) = (device_node(&device_id), user_node(&u)) {
+                        if let (Some(d), Some(u)) = (IdNode::device(&device_id), IdNode::user(&u)) {
                             out.push((d, u));
                         }
                     }
@@ -75,8 +73,8 @@ impl Pipeline for Identity {
                         phone_hash: Some(p),
                         ..
                     } => {
-                        if let Some(u) = user_node(&user_id) {
-                            out.push((u, IdNode::Phone(p).key()));
+                        if let Some(u) = IdNode::user(&user_id) {
+                            out.push((u, IdNode::Phone(Sym::from(p))));
                         }
                     }
                     _ => {}
@@ -87,7 +85,7 @@ impl Pipeline for Identity {
             })
             .distinct();
         let order_users = cx.by_type.orders.clone().flat_map(|e| match e.body {
-            Body::Order { user_id, .. } => user_node(&user_id),
+            Body::Order { user_id, .. } => IdNode::user(&user_id),
             _ => None,
         });
         let nodes = edges.clone().map(|(a, _)| a).concat(order_users).distinct();

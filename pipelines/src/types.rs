@@ -2,7 +2,7 @@
 
 use adflow_engine::Time;
 use adflow_model::config::Settings;
-use adflow_model::event::OrderFlag;
+use adflow_model::event::{IdNode, OrderFlag};
 pub use adflow_model::money::{sum_to_fen, SumFen};
 use adflow_model::Sym;
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
@@ -58,13 +58,13 @@ impl Params {
     }
 }
 
-/// A component label: `(0, user_id)` for components with a user (the smallest user id), else
-/// `(1, node)`. The minimum over a component is its label, so users win.
-pub type Label = (u8, String);
+/// A component label: the smallest node of the component ([`IdNode`]'s order puts users
+/// first, by id), so a component with a user is labelled by its smallest user id.
+pub type Label = IdNode;
 
 /// The person of a label, if the component has a user.
-pub fn person_of(label: &Label) -> Option<&str> {
-    (label.0 == 0).then_some(label.1.as_str())
+pub fn person_of(label: &Label) -> Option<&Sym> {
+    label.user_id()
 }
 
 /// A click, as attribution needs it. Ordered by (`ts`, `event_id`): the candidate order.
@@ -74,8 +74,8 @@ pub struct Click {
     pub event_id: Sym,
     pub campaign_id: Sym,
     pub channel: Sym,
-    pub device_node: Option<String>,
-    pub user_node: Option<String>,
+    pub device_node: Option<IdNode>,
+    pub user_node: Option<IdNode>,
 }
 
 /// An order's defining event (the latest `order` event of the id by (`ts`, `event_id`)).

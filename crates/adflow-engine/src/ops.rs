@@ -13,24 +13,90 @@ use std::rc::Rc;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 
+/// How far ahead of the input frontier [`delay_until`] lets a future-dated update through;
+/// later ones wait in the operator until the frontier comes this close.
+pub const TIMER_LEAD: Time = 1_000;
+
 /// Moves every update of `col` to `max(time, when(data))`: a timer. The update becomes visible
 /// once the watermark passes `when(data)`; a retraction of the same data before then cancels it
 /// (both land on the same future time and consolidate away).
+///
+/// Updates more than [`TIMER_LEAD`] beyond the input frontier are **held here**, by time,
+/// under one capability at the earliest held time, and released (consolidated per time) once
+/// the frontier is within the lead of their time. Logical times, and so every result and
+/// version, are the same as if they were sent at once; what changes is where they wait. A
+/// differential arrangement keeps updates beyond its frontier in its batcher, and every batch it
+/// seals re-merges and copies all of them: a day of 7-day click expiries or 3-day timers made
+/// each tick's work grow with everything pending. Here a held update costs one map insert, and
+/// each tick touches only what it releases.
 pub fn delay_until<'s, D, R, F>(col: Col<'s, D, R>, name: &str, mut when: F) -> Col<'s, D, R>
 where
     D: Data,
     R: Semigroup + 'static,
     F: FnMut(&D) -> Time + 'static,
 {
+    use timely::dataflow::operators::Capability;
     col.inner
-        .unary(Pipeline, name, move |_, _| {
-            move |input, output| {
-                input.for_each(|cap, data: &mut Vec<(D, Time, R)>| {
-                    for (d, t, _) in data.iter_mut() {
-                        *t = (*t).max(when(d));
+        .unary_frontier(Pipeline, name, move |_, _| {
+            // Per time: the held updates, and their count after the last consolidation.
+            let mut held: BTreeMap<Time, (Vec<(D, R)>, usize)> = BTreeMap::new();
+            let mut cap: Option<Capability<Time>> = None;
+            let mut pass: Vec<(D, Time, R)> = Vec::new();
+            move |(input, frontier), output| {
+                let now = frontier
+                    .frontier()
+                    .iter()
+                    .copied()
+                    .min()
+                    .unwrap_or(Time::MAX);
+                let lead_end = now.saturating_add(TIMER_LEAD);
+                input.for_each(|c, data: &mut Vec<(D, Time, R)>| {
+                    for (d, t, r) in data.drain(..) {
+                        let t = t.max(when(&d));
+                        if t < lead_end {
+                            pass.push((d, t, r));
+                            continue;
+                        }
+                        if cap.as_ref().is_none_or(|h| t < *h.time()) {
+                            cap = Some(c.delayed(&t, 0));
+                        }
+                        let (v, clean) = held.entry(t).or_default();
+                        v.push((d, r));
+                        // Many updates of one key at one time (a window's or an hour's
+                        // contributions) are summed as they come: held state stays one
+                        // update per key, and a release does not sort a burst.
+                        if v.len() >= (2 * *clean).max(1024) {
+                            differential_dataflow::consolidation::consolidate(v);
+                            *clean = v.len();
+                        }
                     }
-                    output.session(&cap).give_container(data);
-                })
+                    if !pass.is_empty() {
+                        output.session(&c).give_container(&mut pass);
+                    }
+                });
+                if held.first_key_value().is_some_and(|(t, _)| *t < lead_end) {
+                    if let Some(c) = cap.as_ref() {
+                        let mut session = output.session(c);
+                        while let Some(e) = held.first_entry() {
+                            if *e.key() >= lead_end {
+                                break;
+                            }
+                            let (t, (mut v, _)) = e.remove_entry();
+                            differential_dataflow::consolidation::consolidate(&mut v);
+                            for (d, r) in v {
+                                session.give((d, t, r));
+                            }
+                        }
+                    }
+                    match held.first_key_value() {
+                        Some((t, _)) => {
+                            if let Some(c) = cap.as_mut() {
+                                c.downgrade(t);
+                            }
+                        }
+                        None => cap = None,
+                    }
+                }
             }
         })
         .as_collection()
@@ -59,7 +125,11 @@ where
     R: Abelian + 'static,
     F: FnMut(&D) -> Time + 'static,
 {
-    let retractions = consolidate_batches(delay_until(col.clone().negate(), name, expiry), name);
+    let retractions = delay_until(
+        consolidate_batches(col.clone().negate(), name),
+        name,
+        expiry,
+    );
     col.concat(retractions)
 }
 
@@ -718,6 +788,59 @@ mod tests {
                 ("a".to_string(), 7, 1),
                 ("b".to_string(), 5, 1)
             ]
+        );
+    }
+
+    /// `delay_until` holds updates beyond the lead and releases them, summed, at their own
+    /// times once the frontier is near; a timer and its cancellation never come out.
+    #[test]
+    fn timers_beyond_the_lead_wait_and_come_out_at_their_times() {
+        type Rows = Vec<(String, Time, Diff)>;
+        let seen: Arc<Mutex<Rows>> = Arc::default();
+        let s = seen.clone();
+        let stages: Arc<Mutex<Vec<Rows>>> = Arc::default();
+        let st = stages.clone();
+        timely::execute_directly(move |worker| {
+            let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
+                let (input, col) = scope.new_collection::<(&'static str, Time), Diff>();
+                let out = delay_until(col, "Test", |(_, due): &(&'static str, Time)| *due);
+                let s2 = s.clone();
+                let (probe, _) = out
+                    .inspect(move |((k, _), t, r)| s2.lock().unwrap().push((k.to_string(), *t, *r)))
+                    .probe();
+                (input, probe)
+            });
+            input.update_at(("a", 500), 0, 1);
+            input.update_at(("b", 5_000), 0, 1);
+            input.update_at(("b", 5_000), 0, 1);
+            input.update_at(("c", 9_000), 0, 1);
+            input.advance_to(100);
+            input.update_at(("c", 9_000), 100, -1);
+            for upto in [2_000, 4_500, 6_000] {
+                input.advance_to(upto);
+                input.flush();
+                worker.step_while(|| probe.less_than(&upto));
+                let mut now = s.lock().unwrap().clone();
+                now.sort();
+                st.lock().unwrap().push(now);
+            }
+        });
+        let a = ("a".to_string(), 500, 1);
+        let b = ("b".to_string(), 5_000, 2);
+        assert_eq!(
+            *stages.lock().unwrap(),
+            vec![
+                vec![a.clone()],
+                vec![a.clone(), b.clone()],
+                vec![a.clone(), b.clone()]
+            ]
+        );
+        let mut all = seen.lock().unwrap().clone();
+        all.sort();
+        assert_eq!(
+            all,
+            vec![a, b],
+            "the cancelled timer at 9000 never comes out"
         );
     }
 }

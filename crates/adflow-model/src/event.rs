@@ -39,16 +39,39 @@ pub enum OrderFlag {
     Refunded,
 }
 
-/// The kind of identifier in an identity node.
+/// An identity node (spec §3): the kind of identifier and its (trimmed, non-junk) text.
+///
+/// Ordered by kind (users first) and then by the text, so the smallest node of a component
+/// that has a user is the user with the smallest id in string order: the component's person.
+/// Nodes are compared and cloned as [`Sym`]s (no allocation, no shared `user:`/`device:`
+/// prefix to compare); [`IdNode::key`] is the spec's textual form.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum IdNode {
-    User(String),
-    Device(String),
+    User(Sym),
+    Device(Sym),
     /// Keyed hash of the phone.
-    Phone(String),
+    Phone(Sym),
 }
 
 impl IdNode {
+    /// The node of user id `id`, or `None` when it is junk (surrounding spaces are trimmed).
+    pub fn user(id: &Sym) -> Option<IdNode> {
+        (!is_junk(id)).then(|| IdNode::User(trimmed(id)))
+    }
+
+    /// The node of device id `id`, or `None` when it is junk.
+    pub fn device(id: &Sym) -> Option<IdNode> {
+        (!crate::identity::is_junk_device(id)).then(|| IdNode::Device(trimmed(id)))
+    }
+
+    /// The user id of a user node.
+    pub fn user_id(&self) -> Option<&Sym> {
+        match self {
+            IdNode::User(u) => Some(u),
+            _ => None,
+        }
+    }
+
     /// `user:<id>`, `device:<id>` or `phone:<hash>`.
     pub fn key(&self) -> String {
         match self {
@@ -56,6 +79,16 @@ impl IdNode {
             IdNode::Device(s) => format!("device:{s}"),
             IdNode::Phone(s) => format!("phone:{s}"),
         }
+    }
+}
+
+/// `s` without surrounding whitespace (the same symbol when there is none).
+fn trimmed(s: &Sym) -> Sym {
+    let t = s.trim();
+    if t.len() == s.len() {
+        s.clone()
+    } else {
+        Sym::new(t)
     }
 }
 
@@ -487,19 +520,19 @@ pub fn parse_event(stream: StreamKind, raw: &[u8], cfg: &ParseConfig) -> Result<
             if let Some(d) = opt_string("device_id", f.device_id)? {
                 named += 1;
                 if !crate::identity::is_junk_device(&d) {
-                    nodes.push(IdNode::Device(d));
+                    nodes.push(IdNode::Device(Sym::from(d)));
                 }
             }
             if let Some(u) = opt_string("user_id", f.user_id)? {
                 named += 1;
                 if !is_junk(&u) {
-                    nodes.push(IdNode::User(u));
+                    nodes.push(IdNode::User(Sym::from(u)));
                 }
             }
             if let Some(p) = opt_string("phone", f.phone)? {
                 named += 1;
                 if let Some(n) = normalize_phone(&p).map_err(|e| format!("field `phone`: {e}"))? {
-                    nodes.push(IdNode::Phone(phone_hash(&n, &cfg.phone_secret)));
+                    nodes.push(IdNode::Phone(Sym::from(phone_hash(&n, &cfg.phone_secret))));
                 }
             }
             if named < 2 {

@@ -458,7 +458,10 @@ impl Valid {
             (Valid::Link { device, user }, Body::Link { nodes }) => {
                 prop_assert_eq!(
                     nodes,
-                    &vec![IdNode::Device(device.clone()), IdNode::User(user.clone())]
+                    &vec![
+                        IdNode::Device(device.as_str().into()),
+                        IdNode::User(user.as_str().into())
+                    ]
                 );
             }
             (want, got) => prop_assert!(false, "{:?} parsed as {:?}", want, got),
