@@ -135,8 +135,8 @@ impl Pipeline for Attribution {
                 event_id: e.event_id,
                 campaign_id,
                 channel,
-                device_node: IdNode::device(&device_id),
-                user_node: user_id.as_ref().and_then(IdNode::user),
+                device_node: IdNode::device(&device_id).map(|n| n.id()),
+                user_node: user_id.as_ref().and_then(IdNode::user).map(|n| n.id()),
             }),
             _ => None,
         });
@@ -177,7 +177,7 @@ impl Pipeline for Attribution {
 
         let order_person = orders
             .clone()
-            .flat_map(|(id, o)| IdNode::user(&o.user_id).map(|n| (n, id)))
+            .flat_map(|(id, o)| IdNode::user(&o.user_id).map(|n| (n.id(), id)))
             .join_core(labels_by_node.clone(), |_node, id, label| {
                 person_of(label).map(|p| (id.clone(), p.clone()))
             });
@@ -186,11 +186,11 @@ impl Pipeline for Attribution {
             .clone()
             .flat_map(|c| {
                 let mut v = Vec::with_capacity(2);
-                if let Some(d) = &c.device_node {
-                    v.push((d.clone(), c.clone()));
+                if let Some(d) = c.device_node {
+                    v.push((d, c.clone()));
                 }
-                if let Some(u) = &c.user_node {
-                    v.push((u.clone(), c));
+                if let Some(u) = c.user_node {
+                    v.push((u, c));
                 }
                 v
             })

@@ -1,12 +1,14 @@
 //! `identity`: incremental connected components over identifier nodes (spec §3).
 //!
 //! Nodes are `user:<id>`, `device:<id>` and `phone:<keyed hash>` ([`IdNode`]: kind and
-//! text, compared without the prefix); edges come from `link`
+//! text), keyed in every arrangement by their [`adflow_model::event::NodeId`] (a 128-bit hash:
+//! integer comparisons, no text to fetch); edges come from `link`
 //! events (a star over the link's identifiers), clicks with a `user_id` (device–user) and
 //! orders with a phone (user–phone). Every order's user is a node even without edges. A
 //! person is a connected component; its label is the smallest user id in it (string order).
 //!
-//! Labels propagate by iterated min over neighbours (`iterate` + `reduce`), so a link that
+//! Labels propagate by iterated min over neighbours (differential's `propagate_core`: a loop
+//! of `reduce` (min) and a join with the edges, arranged once outside the loop), so a link that
 //! arrives late merges components and every label downstream is corrected: the attribution
 //! and order rows that depended on the old labels are retracted and re-emitted.
 //!
@@ -19,7 +21,7 @@ use crate::types::Label;
 use crate::{Context, Pipeline, SharedName};
 use adflow_model::event::{Body, IdNode};
 use adflow_model::{Sym, Table};
-use differential_dataflow::operators::Iterate;
+use differential_dataflow::algorithms::graphs::propagate::propagate_core;
 
 pub struct Identity;
 
@@ -43,6 +45,8 @@ impl Pipeline for Identity {
     }
 
     fn build(&self, cx: &mut Context<'_>) -> Result<(), String> {
+        // Every edge in both directions, keyed by the endpoints' ids (the nodes ride along
+        // once, for the labels).
         let edges = cx
             .by_type
             .links
@@ -79,32 +83,29 @@ impl Pipeline for Identity {
                     }
                     _ => {}
                 }
-                out.into_iter()
-                    .filter(|(a, b)| a != b)
-                    .flat_map(|(a, b)| [(a.clone(), b.clone()), (b, a)])
+                out.into_iter().filter(|(a, b)| a != b).flat_map(|(a, b)| {
+                    let (ia, ib) = (a.id(), b.id());
+                    [((ia, ib), a.clone()), ((ib, ia), b)]
+                })
             })
             .distinct();
         let order_users = cx.by_type.orders.clone().flat_map(|e| match e.body {
-            Body::Order { user_id, .. } => IdNode::user(&user_id),
+            Body::Order { user_id, .. } => IdNode::user(&user_id).map(|n| (n.id(), n)),
             _ => None,
         });
-        let nodes = edges.clone().map(|(a, _)| a).concat(order_users).distinct();
-        let initial = nodes.map(|n| {
+        let nodes = edges
+            .clone()
+            .map(|((a, _), node)| (a, node))
+            .concat(order_users)
+            .distinct();
+        let initial = nodes.map(|(id, n)| {
             let l = initial_label(&n);
-            (n, l)
+            (id, l)
         });
-        let labels = initial.clone().iterate(|scope, inner| {
-            let edges = edges.enter(scope);
-            let initial = initial.enter(scope);
-            inner
-                .join_map(edges, |_node, label, neighbour| {
-                    (neighbour.clone(), label.clone())
-                })
-                .concat(initial)
-                .reduce_named("IdentityMinLabel", |_node, labels, out| {
-                    out.push((labels[0].0.clone(), 1))
-                })
-        });
+        let edges = edges.map(|((a, b), _)| (a, b));
+        // Differential's own label propagation: the edges are arranged once, outside the
+        // loop, and the loop's min-reduce is the arrangement its join reads.
+        let labels = propagate_core(edges.arrange_by_key_named("IdentityEdges"), initial, |_| 0);
         cx.shared.labels = Some(labels);
         Ok(())
     }

@@ -27,7 +27,7 @@ pub mod types;
 
 use adflow_engine::{Col, OutRec, Program};
 use adflow_model::config::Settings;
-use adflow_model::event::{Event, IdNode};
+use adflow_model::event::{Event, NodeId};
 use adflow_model::{Sym, Table};
 use types::*;
 
@@ -59,7 +59,7 @@ pub enum SharedName {
 /// Shared collections, filled in as modules are built.
 #[derive(Default)]
 pub struct Shared<'s> {
-    pub labels: Option<Col<'s, (IdNode, Label)>>,
+    pub labels: Option<Col<'s, (NodeId, Label)>>,
     pub clicks: Option<Col<'s, Click>>,
     pub orders: Option<Col<'s, (Sym, OrderInfo)>>,
     pub order_person: Option<Col<'s, (Sym, Sym)>>,

@@ -2,7 +2,7 @@
 
 use adflow_engine::Time;
 use adflow_model::config::Settings;
-use adflow_model::event::{IdNode, OrderFlag};
+use adflow_model::event::{IdNode, NodeId, OrderFlag};
 pub use adflow_model::money::{sum_to_fen, SumFen};
 use adflow_model::Sym;
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
@@ -74,8 +74,9 @@ pub struct Click {
     pub event_id: Sym,
     pub campaign_id: Sym,
     pub channel: Sym,
-    pub device_node: Option<IdNode>,
-    pub user_node: Option<IdNode>,
+    /// The click's device and (logged-in) user, as identity's node ids.
+    pub device_node: Option<NodeId>,
+    pub user_node: Option<NodeId>,
 }
 
 /// An order's defining event (the latest `order` event of the id by (`ts`, `event_id`)).

@@ -72,6 +72,16 @@ impl IdNode {
         }
     }
 
+    /// The node's [`NodeId`]: a 128-bit hash of its kind and text.
+    pub fn id(&self) -> NodeId {
+        let (kind, text) = match self {
+            IdNode::User(s) => (0, s),
+            IdNode::Device(s) => (1, s),
+            IdNode::Phone(s) => (2, s),
+        };
+        NodeId(xxhash_rust::xxh3::xxh3_128_with_seed(text.as_bytes(), kind))
+    }
+
     /// `user:<id>`, `device:<id>` or `phone:<hash>`.
     pub fn key(&self) -> String {
         match self {
@@ -81,6 +91,15 @@ impl IdNode {
         }
     }
 }
+
+/// A fixed-width stand-in for an [`IdNode`] as the key of identity's arrangements: a 128-bit
+/// hash (xxh3) of the node's kind and text. Keys compare as integers instead of following a
+/// pointer to compare text, which is what made identity the costliest part of live mode. Two
+/// distinct nodes share an id with probability about n²/2¹²⁹ for n nodes (below 10⁻²⁴ for a
+/// billion nodes); the order of ids means nothing (labels are still [`IdNode`]s, compared as
+/// text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub u128);
 
 /// `s` without surrounding whitespace (the same symbol when there is none).
 fn trimmed(s: &Sym) -> Sym {
