@@ -230,66 +230,70 @@ impl Pipeline for Attribution {
             })
         });
 
+        // The reduce keeps compact credits (model, candidate, credit: shared symbols, no
+        // text copied) for the models the outputs need; the spec's rows are built from them
+        // only when a credit changes. Building `AttributionRow`s (six owned strings each)
+        // inside the reduce made every order's evaluation allocate and compare them, and its
+        // output trace hold them for the retention.
         let half_life = p.half_life;
-        let rows = candidates.reduce_named("AttributionModels", move |k: &OrderKey, cands, out| {
-            let cands: Vec<&Candidate> = cands
-                .iter()
-                .filter(|(_, r)| *r > 0)
-                .map(|(c, _)| *c)
-                .collect();
-            let ages: Vec<i64> = cands.iter().map(|c| k.order_ts - c.click_ts).collect();
-            for model in Model::ALL {
-                for (c, credit) in cands.iter().zip(credits(model, &ages, half_life)) {
-                    if credit == 0 {
-                        continue; // not a credited click under this model
+        let mut wanted: Vec<Model> = cx.settings.models.clone();
+        if !wanted.contains(&Model::LastClick) {
+            wanted.push(Model::LastClick); // `last_click` feeds `order_status`
+        }
+        let credited =
+            candidates.reduce_named("AttributionModels", move |k: &OrderKey, cands, out| {
+                let cands: Vec<&Candidate> = cands
+                    .iter()
+                    .filter(|(_, r)| *r > 0)
+                    .map(|(c, _)| *c)
+                    .collect();
+                let ages: Vec<i64> = cands.iter().map(|c| k.order_ts - c.click_ts).collect();
+                for &model in &wanted {
+                    for (c, credit) in cands.iter().zip(credits(model, &ages, half_life)) {
+                        if credit == 0 {
+                            continue; // not a credited click under this model
+                        }
+                        out.push(((model, (*c).clone(), credit), 1));
                     }
-                    out.push((
-                        AttributionRow {
-                            order_id: k.order_id.to_string(),
-                            person_id: k.person_id.to_string(),
-                            model: model.name().to_string(),
-                            campaign_id: c.campaign_id.to_string(),
-                            channel: c.channel.to_string(),
-                            click_event_id: c.click_event_id.to_string(),
-                            click_ts: c.click_ts,
-                            order_ts: k.order_ts,
-                            credit: Fixed(credit),
-                            amount_fen: k.amount_fen,
-                            credited_fen: div_round_half_away(
-                                k.amount_fen as i128 * credit as i128,
-                                1_000_000,
-                            ) as i64,
-                        },
-                        1,
-                    ));
                 }
-            }
-        });
+            });
 
-        let last_click = rows.clone().flat_map(|(_, r)| {
-            (r.model == "last_click").then_some({
+        let last_click = credited.clone().flat_map(|(k, (model, c, _))| {
+            (model == Model::LastClick).then_some({
                 (
-                    Sym::from(r.order_id),
+                    k.order_id,
                     LastClick {
-                        campaign_id: Sym::interned(&r.campaign_id),
-                        channel: Sym::interned(&r.channel),
+                        campaign_id: c.campaign_id,
+                        channel: c.channel,
                     },
                 )
             })
         });
 
-        let models: Vec<String> = cx
-            .settings
-            .models
-            .iter()
-            .map(|m| m.name().to_string())
-            .collect();
-        cx.outputs.push(rows.flat_map(move |(_, r)| {
-            models.contains(&r.model).then(|| {
-                let freeze = Params::at(r.order_ts, ret);
-                (OutputRow::Attribution(r), freeze.into())
-            })
-        }));
+        let models: Vec<Model> = cx.settings.models.clone();
+        cx.outputs
+            .push(credited.flat_map(move |(k, (model, c, credit))| {
+                models.contains(&model).then(|| {
+                    let freeze = Params::at(k.order_ts, ret);
+                    let row = AttributionRow {
+                        order_id: k.order_id.to_string(),
+                        person_id: k.person_id.to_string(),
+                        model: model.name().to_string(),
+                        campaign_id: c.campaign_id.to_string(),
+                        channel: c.channel.to_string(),
+                        click_event_id: c.click_event_id.to_string(),
+                        click_ts: c.click_ts,
+                        order_ts: k.order_ts,
+                        credit: Fixed(credit),
+                        amount_fen: k.amount_fen,
+                        credited_fen: div_round_half_away(
+                            k.amount_fen as i128 * credit as i128,
+                            1_000_000,
+                        ) as i64,
+                    };
+                    (OutputRow::Attribution(row), freeze.into())
+                })
+            }));
         cx.shared.clicks = Some(clicks);
         cx.shared.orders = Some(orders);
         cx.shared.order_person = Some(order_person);
