@@ -30,8 +30,9 @@ pub struct ClickHouseConfig {
     pub batch_rows: usize,
     /// ... or once its oldest change has waited this long, in milliseconds. Default 1,000.
     pub batch_ms: u64,
-    /// `write` blocks (back-pressure) while this many changes wait to be sent. Must be at least
-    /// `batch_rows`. Default 200,000.
+    /// `write` blocks (back-pressure) while this many changes wait to be sent, and a batch (one
+    /// journal INSERT) holds at most this many changes, cut between versions (a single version
+    /// with more is written whole). Must be at least `batch_rows`. Default 200,000.
     pub max_pending_rows: usize,
     /// Run the schema migrations when the sink starts. Default `false` (run `adflow schema
     /// --apply` instead).

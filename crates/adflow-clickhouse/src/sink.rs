@@ -479,6 +479,29 @@ impl Drop for ClickHouseSink {
     }
 }
 
+/// Where to cut `batch` (sorted by version here, stably) so that the first part holds at
+/// most `cap` changes and no version is split; `None` when it all fits (or when its first
+/// version alone exceeds `cap`, which is then written whole, as is every later version that
+/// does).
+fn batch_cut(batch: &mut [Change], cap: usize) -> Option<usize> {
+    if batch.len() <= cap || cap == 0 {
+        return None;
+    }
+    batch.sort_by_key(|c| c.version);
+    let v = batch[cap - 1].version;
+    let (before, after) = (
+        batch.partition_point(|c| c.version < v),
+        batch.partition_point(|c| c.version <= v),
+    );
+    // `after >= cap`; when version `v` runs past the cap, cut before it if anything is.
+    let cut = if after > cap && before > 0 {
+        before
+    } else {
+        after
+    };
+    (cut < batch.len()).then_some(cut)
+}
+
 /// One row of `adflow_journal` (see [`crate::schema::create_journal_sql`]).
 #[derive(clickhouse::Row, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 struct JournalRow {
@@ -600,7 +623,7 @@ impl Writer {
                         .0;
                 }
                 st.in_flight = true;
-                match st.checkpoint.take() {
+                let (mut batch, mut frontier, mut checkpoint) = match st.checkpoint.take() {
                     // Changes arrived after the checkpoint was set: write the part below its
                     // frontier with it, the rest in a later batch.
                     Some((text, f)) if f < st.frontier => {
@@ -612,17 +635,30 @@ impl Writer {
                             st.pending_since = None;
                         }
                         st.pending = later;
-                        (now, f, Some(text))
+                        (now, f, Some((text, f)))
                     }
                     checkpoint => {
                         st.pending_since = None;
-                        (
-                            std::mem::take(&mut st.pending),
-                            st.frontier,
-                            checkpoint.map(|(text, _)| text),
-                        )
+                        (std::mem::take(&mut st.pending), st.frontier, checkpoint)
                     }
+                };
+                // A batch holds at most `max_pending_rows` changes, cut between versions: one
+                // engine release can be far larger (a catch-up after a restart or a backlog),
+                // and its journal INSERT, one request, then exceeded the server's memory limit
+                // and was retried forever. The rest is the next batch; the changes below the
+                // cut are all in this one, so its frontier is the first version left out. A
+                // checkpoint goes with the batch that reaches its frontier.
+                if let Some(cut) = batch_cut(&mut batch, self.config.max_pending_rows) {
+                    let mut later = batch.split_off(cut);
+                    frontier = later[0].version;
+                    if let Some(cp) = checkpoint.take() {
+                        st.checkpoint = Some(cp);
+                    }
+                    later.append(&mut st.pending);
+                    st.pending = later;
+                    st.pending_since.get_or_insert_with(Instant::now);
                 }
+                (batch, frontier, checkpoint.map(|(text, _)| text))
             };
             self.shared.progress.notify_all();
             let result = runtime.block_on(self.write_batch(batch, frontier, checkpoint.as_deref()));
@@ -1337,6 +1373,23 @@ mod tests {
             version,
             sign,
         }
+    }
+
+    #[test]
+    fn batches_are_cut_between_versions_at_the_cap() {
+        let versions = |b: &[Change]| b.iter().map(|c| c.version).collect::<Vec<_>>();
+        let mk = |vs: &[i64]| vs.iter().map(|&v| sp("a", 1, v, 1)).collect::<Vec<_>>();
+        // Fits: no cut.
+        assert_eq!(batch_cut(&mut mk(&[3, 1, 2]), 3), None);
+        // Sorted by version, cut exactly at the cap when a version ends there.
+        let mut b = mk(&[4, 1, 2, 2, 3]);
+        assert_eq!(batch_cut(&mut b, 3), Some(3));
+        assert_eq!(versions(&b), vec![1, 2, 2, 3, 4]);
+        // A version that runs past the cap goes to the next batch ...
+        assert_eq!(batch_cut(&mut mk(&[1, 2, 2, 2, 3]), 3), Some(1));
+        // ... unless it is the first one: then it is written whole.
+        assert_eq!(batch_cut(&mut mk(&[2, 2, 2, 2, 3]), 3), Some(4));
+        assert_eq!(batch_cut(&mut mk(&[2, 2, 2, 2]), 3), None);
     }
 
     #[test]

@@ -318,6 +318,45 @@ fn crash_in_the_middle_of_a_checkpoint_batch_then_resume_completes_it() {
 }
 
 #[test]
+fn one_release_far_above_the_cap_is_written_in_bounded_batches() {
+    let Some(url) = server_url() else { return };
+    let mut config = fresh_config(&url, "resume_cut");
+    config.batch_rows = 100;
+    config.max_pending_rows = 200;
+    let all = mixed_changelog(60);
+    assert!(all.len() > 1_000, "{}", all.len());
+    let last = all.iter().map(|c| c.version).max().unwrap() + 1;
+    let mut sink = resumable(&config);
+    // One call, as the engine hands over a catch-up: before, it became one journal INSERT of
+    // the whole release.
+    sink.write(all.clone(), last).unwrap();
+    sink.set_checkpoint("cp-end");
+    sink.flush().unwrap();
+    let stats = sink.stats();
+    assert!(
+        stats.batches_journaled as usize >= all.len() / 200,
+        "{stats:?} for {} changes",
+        all.len()
+    );
+    assert_eq!(stats.checkpoints_stored, 1, "{stats:?}");
+    assert_eq!(sink.durable_frontier(), last);
+    sink.close().unwrap();
+    assert_eq!(actual(&config), expected(&all));
+    let sink = resumable(&config);
+    let report = sink.resume_report().unwrap().clone();
+    assert_eq!(report.frontier, last, "{report:?}");
+    assert_eq!(report.checkpoint.as_deref(), Some("cp-end"));
+    assert_eq!(
+        report.inserts_redone + report.inserts_undone,
+        0,
+        "{report:?}"
+    );
+    drop(sink);
+    assert_eq!(actual(&config), expected(&all));
+    drop_database(&config);
+}
+
+#[test]
 fn changes_at_or_beyond_the_frontier_wait_for_it() {
     let Some(url) = server_url() else { return };
     let config = fresh_config(&url, "resume_held");
