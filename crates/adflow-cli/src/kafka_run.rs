@@ -254,7 +254,7 @@ pub(crate) fn cmd_run_kafka(args: RunArgs) -> Result<()> {
     let mut actions = None;
     if cluster.process == 0 {
         for spec in &args.sinks {
-            funnel.push(extra_sink(spec)?);
+            funnel.push(extra_sink(spec, &settings)?);
         }
         if let Some((sink, run)) = crate::actions::start(&settings, args.output.as_deref(), true)? {
             funnel.push(sink);

@@ -161,22 +161,32 @@ fn clickhouse_target(url: &str) -> (String, String) {
 
 /// The extra sink of a `--sink KIND=URL` flag in live mode (`kafka_run.rs`): resumable, see
 /// [`extra_sink_with`].
-fn extra_sink(spec: &str) -> Result<Box<dyn Sink>> {
-    extra_sink_with(spec, true)
+fn extra_sink(spec: &str, settings: &Settings) -> Result<Box<dyn Sink>> {
+    extra_sink_with(spec, true, settings)
 }
 
 /// The sink of a `--sink KIND=URL` flag. `resume` (live mode): the sink continues from the
 /// checkpoint an earlier run stored with its data (ClickHouse: `ClickHouseSink::resume`, the
 /// journal in the database; Redis: `RedisSink::resume`, the progress hash) and keeps the
 /// checkpoints of this run; otherwise (file mode) it just writes (Redis: from empty keys).
-fn extra_sink_with(spec: &str, resume: bool) -> Result<Box<dyn Sink>> {
+fn extra_sink_with(spec: &str, resume: bool, settings: &Settings) -> Result<Box<dyn Sink>> {
     let Some((kind, url)) = spec.split_once('=') else {
         bail!("--sink {spec:?}: expected KIND=URL, e.g. clickhouse=http://127.0.0.1:8123");
     };
     match kind {
         "clickhouse" => {
             let (url, db) = clickhouse_target(url);
-            let mut cfg = adflow_clickhouse::ClickHouseConfig::new(url, db);
+            // `[clickhouse]` of the settings file, then the flag's URL and database.
+            let mut cfg = match &settings.clickhouse {
+                Some(t) => t
+                    .clone()
+                    .try_into::<adflow_clickhouse::ClickHouseConfig>()
+                    .context("in the [clickhouse] settings")?,
+                None => adflow_clickhouse::ClickHouseConfig::default(),
+            };
+            cfg.url = url;
+            cfg.database = db;
+            cfg.validate().context("in the [clickhouse] settings")?;
             cfg.apply_schema = true;
             let sink = if resume {
                 adflow_clickhouse::ClickHouseSink::resume(cfg)?
@@ -216,7 +226,19 @@ fn load_settings(path: Option<&PathBuf>) -> Result<Settings> {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            Settings::from_toml(&text).with_context(|| format!("in {}", p.display()))
+            let settings =
+                Settings::from_toml(&text).with_context(|| format!("in {}", p.display()))?;
+            // `[clickhouse]` is checked here, before any output is touched.
+            if let Some(t) = &settings.clickhouse {
+                let mut cfg = t
+                    .clone()
+                    .try_into::<adflow_clickhouse::ClickHouseConfig>()
+                    .with_context(|| format!("in the [clickhouse] settings of {}", p.display()))?;
+                cfg.url = adflow_clickhouse::ClickHouseConfig::default().url;
+                cfg.validate()
+                    .with_context(|| format!("in the [clickhouse] settings of {}", p.display()))?;
+            }
+            Ok(settings)
         }
     }
 }
@@ -282,7 +304,7 @@ fn cmd_run(args: RunArgs) -> Result<()> {
         None => file,
     }];
     for spec in &args.sinks {
-        sinks.push(extra_sink_with(spec, false)?);
+        sinks.push(extra_sink_with(spec, false, &settings)?);
     }
     let actions = match actions::start(&settings, Some(&output), false)? {
         Some((sink, run)) => {

@@ -130,6 +130,11 @@ pub struct Settings {
     pub phone_secret_env: String,
     /// `[kafka]`: the live source (`adflow run --kafka`); command-line flags override it.
     pub kafka: KafkaSettings,
+    /// `[clickhouse]`: settings of the sink `--sink clickhouse=URL` starts (`batch_rows`,
+    /// `batch_ms`, `max_pending_rows`, `user`, `password_env`, `[clickhouse.retry]`, … as in
+    /// `docs/clickhouse.md`); the flag's URL gives `url` and `database`. Kept as TOML here and
+    /// checked when the sink starts (an unknown key is an error then).
+    pub clickhouse: Option<toml::Table>,
     /// `[actions]`: trigger webhooks, operator alerts, campaign pauses (`docs/actions.md`).
     /// Absent: no action is taken (the tables are still written).
     pub actions: Option<ActionsSettings>,
@@ -341,6 +346,7 @@ impl Default for Settings {
             tick: Millis(SECOND),
             phone_secret_env: "ADFLOW_PHONE_SECRET".into(),
             kafka: KafkaSettings::default(),
+            clickhouse: None,
             actions: None,
             given: Given::default(),
         }
