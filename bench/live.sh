@@ -19,7 +19,8 @@
 # and peak RSS of the adflow processes.
 #
 # Knobs: RATES (events/s, 0 = unthrottled: the producer at 1M/s), DURATION (s), LAYOUTS
-# ("1x2 2x1"), USERS, CLICKHOUSE (1/0), TICK, LATENESS, COMMIT.
+# ("1x2 2x1"), USERS, CLICKHOUSE (1/0), TICK, LATENESS, COMMIT, CH_BATCH_MS (the ClickHouse
+# sink's `batch_ms`; unset: the live default, 250).
 # Everything runs on this machine (broker, ClickHouse, producer, pipeline share the cores).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +34,7 @@ CLICKHOUSE="${CLICKHOUSE:-1}"
 TICK="${TICK:-100ms}"
 LATENESS="${LATENESS:-300ms}"
 COMMIT="${COMMIT:-1s}"
+CH_BATCH_MS="${CH_BATCH_MS:-}"
 PORT="${PORT:-19392}"
 WORK="$(mktemp -d /tmp/adflow-live-bench.XXXXXX)"
 
@@ -78,6 +80,7 @@ tick = "$TICK"
 [kafka]
 commit_interval = "$COMMIT"
 EOF
+[ -n "$CH_BATCH_MS" ] && printf '[clickhouse]\nbatch_ms = %s\n' "$CH_BATCH_MS" >> "$WORK/cfg.toml"
 
 printf '%-6s %-8s %-9s %-22s %-22s %-20s %-12s %-8s %-9s\n' layout offered consumed \
     "file p50/p99/max ms" "ch p50/p99/max ms" "engine p50/p99/max" "p99 1st/2nd" "cpu s" "rss MiB"
@@ -110,7 +113,8 @@ run_one() {
         for i in $(seq 0 $((n - 1))); do
             local f="$dir/out$i/campaign_metrics.jsonl"
             [ -s "$f" ] || continue
-            local x; x=$(tail -c 2048 "$f" | grep -o '"version":[0-9]*' | tail -1 | cut -d: -f2 || true)
+            # The last line may be half written: read the newest complete one.
+            local x; x=$(tail -c 4096 "$f" | sed '$d' | grep -o '"version":[0-9]*' | tail -1 | cut -d: -f2 || true)
             [ -n "$x" ] && [ "$x" -gt "$v" ] && v=$x
         done
         [ "$v" -gt 0 ] && echo $(( t - v + TICK_MS )) >> "$dir/file.lat"
