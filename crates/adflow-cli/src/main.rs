@@ -163,6 +163,38 @@ fn clickhouse_target(url: &str) -> (String, String) {
 /// library default, used in file mode, is 1,000).
 const LIVE_CLICKHOUSE_BATCH_MS: u64 = 250;
 
+/// The ClickHouse sink's settings: `[clickhouse]` of the settings file, then the flag's `url`
+/// and `database`; in `live` mode `batch_ms` is [`LIVE_CLICKHOUSE_BATCH_MS`] unless set.
+/// Unknown keys and out-of-range values are errors.
+fn clickhouse_config(
+    settings: &Settings,
+    url: String,
+    database: String,
+    live: bool,
+) -> Result<adflow_clickhouse::ClickHouseConfig> {
+    let mut cfg = match &settings.clickhouse {
+        Some(t) => t
+            .clone()
+            .try_into::<adflow_clickhouse::ClickHouseConfig>()
+            .context("in the [clickhouse] settings")?,
+        None => adflow_clickhouse::ClickHouseConfig::default(),
+    };
+    cfg.url = url;
+    cfg.database = database;
+    // Live mode flushes every 250 ms unless `batch_ms` is set: at 100k events/s the 1 s
+    // default was about half of ClickHouse's lag behind the file sink, at no measurable CPU
+    // cost (bench/RESULTS.md, 2026-12-04).
+    let batch_ms_given = settings
+        .clickhouse
+        .as_ref()
+        .is_some_and(|t| t.contains_key("batch_ms"));
+    if live && !batch_ms_given {
+        cfg.batch_ms = LIVE_CLICKHOUSE_BATCH_MS;
+    }
+    cfg.validate().context("in the [clickhouse] settings")?;
+    Ok(cfg)
+}
+
 /// The extra sink of a `--sink KIND=URL` flag in live mode (`kafka_run.rs`): resumable, see
 /// [`extra_sink_with`].
 fn extra_sink(spec: &str, settings: &Settings) -> Result<Box<dyn Sink>> {
@@ -180,27 +212,7 @@ fn extra_sink_with(spec: &str, resume: bool, settings: &Settings) -> Result<Box<
     match kind {
         "clickhouse" => {
             let (url, db) = clickhouse_target(url);
-            // `[clickhouse]` of the settings file, then the flag's URL and database.
-            let mut cfg = match &settings.clickhouse {
-                Some(t) => t
-                    .clone()
-                    .try_into::<adflow_clickhouse::ClickHouseConfig>()
-                    .context("in the [clickhouse] settings")?,
-                None => adflow_clickhouse::ClickHouseConfig::default(),
-            };
-            cfg.url = url;
-            cfg.database = db;
-            // Live mode flushes every 250 ms unless `batch_ms` is set: at 100k events/s the
-            // 1 s default was about half of ClickHouse's lag behind the file sink, at no
-            // measurable CPU cost (bench/RESULTS.md, 2026-12-04).
-            let batch_ms_given = settings
-                .clickhouse
-                .as_ref()
-                .is_some_and(|t| t.contains_key("batch_ms"));
-            if resume && !batch_ms_given {
-                cfg.batch_ms = LIVE_CLICKHOUSE_BATCH_MS;
-            }
-            cfg.validate().context("in the [clickhouse] settings")?;
+            let mut cfg = clickhouse_config(settings, url, db, resume)?;
             cfg.apply_schema = true;
             let sink = if resume {
                 adflow_clickhouse::ClickHouseSink::resume(cfg)?
@@ -243,14 +255,10 @@ fn load_settings(path: Option<&PathBuf>) -> Result<Settings> {
             let settings =
                 Settings::from_toml(&text).with_context(|| format!("in {}", p.display()))?;
             // `[clickhouse]` is checked here, before any output is touched.
-            if let Some(t) = &settings.clickhouse {
-                let mut cfg = t
-                    .clone()
-                    .try_into::<adflow_clickhouse::ClickHouseConfig>()
-                    .with_context(|| format!("in the [clickhouse] settings of {}", p.display()))?;
-                cfg.url = adflow_clickhouse::ClickHouseConfig::default().url;
-                cfg.validate()
-                    .with_context(|| format!("in the [clickhouse] settings of {}", p.display()))?;
+            if settings.clickhouse.is_some() {
+                let d = adflow_clickhouse::ClickHouseConfig::default();
+                clickhouse_config(&settings, d.url, d.database, false)
+                    .with_context(|| format!("in {}", p.display()))?;
             }
             Ok(settings)
         }

@@ -7,16 +7,21 @@ mod common;
 use common::{assert_clickhouse_equals_files, clickhouse_url};
 use std::process::Command;
 
+/// A generated data set in `dir`.
+fn generated(dir: &std::path::Path, seed: u64, users: u32, days: u32) {
+    let mut args = adflow_gen::GenerateArgs::with_output(dir);
+    args.seed = seed;
+    args.users = users;
+    args.days = days;
+    adflow_gen::generate(&args).unwrap();
+}
+
 #[test]
 fn clickhouse_current_contents_equal_file_mode() {
     let Some(url) = clickhouse_url() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
-    let mut args = adflow_gen::GenerateArgs::with_output(&input);
-    args.seed = 3;
-    args.users = 150;
-    args.days = 3;
-    adflow_gen::generate(&args).unwrap();
+    generated(&input, 3, 150, 3);
     let db = format!("adflow_e2e_{}", std::process::id());
     let out = tmp.path().join("out");
     // Small batches from the settings file: many journal-free INSERTs, each release cut.
@@ -48,10 +53,7 @@ fn a_bad_clickhouse_setting_stops_the_run_before_any_output() {
     let Some(url) = clickhouse_url() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
-    let mut args = adflow_gen::GenerateArgs::with_output(&input);
-    args.users = 20;
-    args.days = 1;
-    adflow_gen::generate(&args).unwrap();
+    generated(&input, 42, 20, 1);
     let out = tmp.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("attribution.jsonl"), "kept\n").unwrap();

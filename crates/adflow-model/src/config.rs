@@ -132,8 +132,8 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     /// `[clickhouse]`: settings of the sink `--sink clickhouse=URL` starts (`batch_rows`,
     /// `batch_ms`, `max_pending_rows`, `user`, `password_env`, `[clickhouse.retry]`, … as in
-    /// `docs/clickhouse.md`); the flag's URL gives `url` and `database`. Kept as TOML here and
-    /// checked when the sink starts (an unknown key is an error then).
+    /// `docs/clickhouse.md`); the flag's URL gives `url` and `database`. Kept as TOML here (this
+    /// crate does not know the sink's type); `adflow` checks it when it loads the file.
     pub clickhouse: Option<toml::Table>,
     /// `[actions]`: trigger webhooks, operator alerts, campaign pauses (`docs/actions.md`).
     /// Absent: no action is taken (the tables are still written).
