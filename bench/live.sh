@@ -18,9 +18,13 @@
 # (growing = not sustainable), consumed rate, CPU seconds (total, and per process in a cluster)
 # and peak RSS of the adflow processes.
 #
+# Also reported: the CPU seconds the broker, ClickHouse and the load generator took during the
+# run ("others": broker+clickhouse+producer), to see who shares the two cores.
+#
 # Knobs: RATES (events/s, 0 = unthrottled: the producer at 1M/s), DURATION (s), LAYOUTS
 # ("1x2 2x1"), USERS, CLICKHOUSE (1/0), TICK, LATENESS, COMMIT, CH_BATCH_MS (the ClickHouse
-# sink's `batch_ms`; unset: the live default, 250).
+# sink's `batch_ms`; unset: the live default, 250), UNTHROTTLED_STORAGE (memory | sqlite: the
+# broker's storage for the unthrottled run).
 # Everything runs on this machine (broker, ClickHouse, producer, pipeline share the cores).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,7 +50,21 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 [ -x "$BIN" ] || cargo build --release -p adflow-cli
 bash scripts/services/tansu.sh install >/dev/null
-BROKERS="$(bash scripts/services/tansu.sh start --port "$PORT")"
+BROKERS=""
+TANSU_PID=""
+# A fresh broker for every run: the in-memory broker keeps every message it was sent, and the
+# runs before an unthrottled one would otherwise add up to more than the machine's memory.
+# UNTHROTTLED_STORAGE=sqlite keeps the unthrottled run's backlog on disk instead.
+fresh_broker() { # $1: memory | sqlite
+    bash scripts/services/tansu.sh stop --port "$PORT" >/dev/null 2>&1 || true
+    rm -f "$WORK"/tansu.db*
+    if [ "$1" = sqlite ]; then
+        BROKERS="$(bash scripts/services/tansu.sh start --port "$PORT" --sqlite "$WORK/tansu.db")"
+    else
+        BROKERS="$(bash scripts/services/tansu.sh start --port "$PORT")"
+    fi
+    TANSU_PID="$(cat "${ADFLOW_TANSU_STATE:-/tmp/adflow-tansu}-$PORT/tansu.pid" 2>/dev/null || true)"
+}
 CH=""
 cleanup() {
     pkill -f "$WORK" 2>/dev/null || true
@@ -58,6 +76,14 @@ trap cleanup EXIT
 if [ "$CLICKHOUSE" = 1 ]; then
     CH="$(bash scripts/services/clickhouse.sh start)"
 fi
+
+# utime + stime of a pid in seconds (0 when it is gone).
+cpu_of() {
+    [ -n "$1" ] && [ -r "/proc/$1/stat" ] || { echo 0; return; }
+    awk -v hz="$(getconf CLK_TCK)" '{sub(/^.*\) /, ""); printf "%.1f", ($12 + $13) / hz}' "/proc/$1/stat"
+}
+CH_PID=""
+[ -n "$CH" ] && CH_PID="$(cat "${ADFLOW_CLICKHOUSE_DIR:-$ROOT/target/services/clickhouse}/clickhouse.pid" 2>/dev/null || true)"
 
 tick_ms() { case "$1" in *ms) echo "${1%ms}" ;; *s) echo $(( ${1%s} * 1000 )) ;; esac; }
 TICK_MS="$(tick_ms "$TICK")"
@@ -82,8 +108,9 @@ commit_interval = "$COMMIT"
 EOF
 [ -n "$CH_BATCH_MS" ] && printf '[clickhouse]\nbatch_ms = %s\n' "$CH_BATCH_MS" >> "$WORK/cfg.toml"
 
-printf '%-6s %-8s %-9s %-22s %-22s %-20s %-12s %-8s %-9s\n' layout offered consumed \
-    "file p50/p99/max ms" "ch p50/p99/max ms" "engine p50/p99/max" "p99 1st/2nd" "cpu s" "rss MiB"
+printf '%-6s %-8s %-9s %-22s %-22s %-20s %-12s %-8s %-9s %s\n' layout offered consumed \
+    "file p50/p99/max ms" "ch p50/p99/max ms" "engine p50/p99/max" "p99 1st/2nd" "cpu s" "rss MiB" \
+    "others cpu s (broker+ch+producer)"
 run_one() {
     local layout="$1" rate="$2"
     local n="${layout%x*}" w="${layout#*x}" prefix="b$RANDOM$RANDOM."
@@ -91,6 +118,7 @@ run_one() {
     : > "$dir/hosts"
     for i in $(seq 0 $((n - 1))); do echo "127.0.0.1:$((PORT + 100 + i))" >> "$dir/hosts"; done
     local db="bench_${prefix%.}"
+    if [ "$rate" = 0 ]; then fresh_broker "${UNTHROTTLED_STORAGE:-memory}"; else fresh_broker memory; fi
     local pids=()
     for i in $(seq 0 $((n - 1))); do
         local args=(run --kafka "$BROKERS" --topic-prefix "$prefix" --workers "$w" --output "$dir/out$i"
@@ -101,8 +129,9 @@ run_one() {
         pids+=($!)
     done
     sleep 3
+    local tansu0 ch0; tansu0=$(cpu_of "$TANSU_PID"); ch0=$(cpu_of "$CH_PID")
     local offered="$rate"; [ "$rate" = 0 ] && offered=1000000
-    "$BIN" produce --live --kafka "$BROKERS" --topic-prefix "$prefix" --rate "$offered" \
+    /usr/bin/time -v "$BIN" produce --live --kafka "$BROKERS" --topic-prefix "$prefix" --rate "$offered" \
         --duration "$DURATION" --users "$USERS" > "$dir/produce.out" 2> "$dir/produce.err" &
     local prod=$!
     : > "$dir/file.lat"; : > "$dir/ch.lat"
@@ -127,6 +156,10 @@ run_one() {
     done
     wait "$prod" || true
     sleep 3
+    local others
+    others="$(awk -v a="$(cpu_of "$TANSU_PID")" -v b="$tansu0" -v c="$(cpu_of "$CH_PID")" -v d="$ch0" \
+        -v p="$(awk -F': ' '/User time|System time/ {s+=$2} END {printf "%.1f", s}' "$dir/produce.err")" \
+        'BEGIN {printf "%.0f+%.0f+%.0f", a - b, c - d, p}')"
     for p in "${pids[@]}"; do pkill -TERM -P "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" || true; done
     local consumed cpu rss eng
@@ -141,10 +174,10 @@ run_one() {
     [ "$n" -gt 1 ] && cpu="$cpu(${per%+})"
     rss=$(cat "$dir"/run*.err | awk -F': ' '/Maximum resident/ {s+=$2} END {printf "%.0f", s/1024}')
     eng=$(cat "$dir"/run*.err | grep -o 'p50 [0-9]* ms, p99 [0-9]* ms, max [0-9]* ms' | head -1 | sed -E 's/p50 ([0-9]+) ms, p99 ([0-9]+) ms, max ([0-9]+) ms/\1\/\2\/\3/' || true)
-    printf '%-6s %-8s %-9s %-22s %-22s %-20s %-12s %-8s %-9s\n' "$layout" "$offered" \
+    printf '%-6s %-8s %-9s %-22s %-22s %-20s %-12s %-8s %-9s %s\n' "$layout" "$offered" \
         "$(( consumed / DURATION ))/s" "$(pct "$dir/file.lat" | tr ' ' /)" \
         "$( [ -n "$CH" ] && pct "$dir/ch.lat" | tr ' ' / || echo -)" "${eng:--}" \
-        "$(half_p99 "$dir/file.lat" | tr ' ' /)" "$cpu" "$rss"
+        "$(half_p99 "$dir/file.lat" | tr ' ' /)" "$cpu" "$rss" "$others"
     [ -n "${KEEP:-}" ] && cp -r "$dir" "${KEEP}/" || true
 }
 for layout in $LAYOUTS; do

@@ -147,6 +147,10 @@ struct State {
     in_flight: bool,
     /// Callers waiting in `flush`.
     flush_waiters: usize,
+    /// `start_flush`: the frontier handed over when it was called (written without waiting
+    /// for `batch_ms`), and the checkpoint that must be stored before it is complete; cleared
+    /// when `flush_done` reports it complete.
+    flush_target: Option<(i64, Option<String>)>,
     /// Set when the writer gave up or died; every later call fails with it.
     failed: Option<String>,
     /// `close`: write everything, then stop.
@@ -222,6 +226,7 @@ impl ClickHouseSink {
                 stored_checkpoint: None,
                 in_flight: false,
                 flush_waiters: 0,
+                flush_target: None,
                 failed: None,
                 shutdown: false,
             }),
@@ -414,6 +419,39 @@ impl Sink for ClickHouseSink {
         result
     }
 
+    /// Asks the writer to write what is pending now (not after `batch_ms`) and the checkpoint
+    /// set last; [`ClickHouseSink::flush_done`] tells when the frontier handed over so far is
+    /// durable and that checkpoint stored. Changes handed over meanwhile go to later batches
+    /// (a batch with a checkpoint holds only the changes below the checkpoint's frontier).
+    fn start_flush(&mut self) -> Result<(), SinkError> {
+        let mut st = self.shared.lock();
+        self.check_failed(&st)?;
+        let checkpoint = st.checkpoint.as_ref().map(|(text, _)| text.clone());
+        st.flush_target = Some((st.frontier, checkpoint));
+        self.shared.work.notify_all();
+        Ok(())
+    }
+
+    fn flush_done(&mut self) -> Result<bool, SinkError> {
+        let mut st = self.shared.lock();
+        self.check_failed(&st)?;
+        let Some((target, checkpoint)) = &st.flush_target else {
+            return Ok(true);
+        };
+        let stored = match checkpoint {
+            Some(text) => st
+                .stored_checkpoint
+                .as_ref()
+                .is_some_and(|(stored, _)| stored == text),
+            None => true,
+        };
+        let done = stored && self.shared.durable.load(Ordering::Acquire) >= *target;
+        if done {
+            st.flush_target = None;
+        }
+        Ok(done)
+    }
+
     fn durable_frontier(&self) -> i64 {
         self.shared.durable.load(Ordering::Acquire)
     }
@@ -597,13 +635,15 @@ impl Writer {
                     }
                     let durable = self.shared.durable.load(Ordering::Acquire);
                     let age = st.pending_since.map(|t| t.elapsed()).unwrap_or_default();
+                    let flush_started = st.flush_target.is_some();
                     let due = !st.pending.is_empty()
                         && (st.pending.len() >= self.config.batch_rows
                             || age >= batch_ms
                             || st.flush_waiters > 0
+                            || flush_started
                             || st.shutdown);
-                    let checkpoint_due =
-                        st.checkpoint.is_some() && (st.flush_waiters > 0 || st.shutdown);
+                    let checkpoint_due = st.checkpoint.is_some()
+                        && (st.flush_waiters > 0 || flush_started || st.shutdown);
                     if due || checkpoint_due || (st.pending.is_empty() && st.frontier > durable) {
                         break;
                     }

@@ -503,3 +503,44 @@ fn resume_refuses_what_it_cannot_resume() {
     let err = ClickHouseSink::resume(nowhere).err().unwrap();
     assert!(matches!(err, ClickHouseError::GaveUp { .. }), "{err}");
 }
+
+/// Live mode flushes in the background (`start_flush`, then `flush_done` polled) and goes on
+/// handing over changes meanwhile: the checkpoint is stored with exactly the changes below its
+/// frontier, and a crash afterwards resumes to it, cancelling the later ones.
+#[test]
+fn a_background_flush_stores_its_checkpoint_while_later_changes_arrive() {
+    let Some(url) = server_url() else { return };
+    let config = fresh_config(&url, "resume_background");
+    let all = mixed_changelog(200);
+    let (f1, f2) = (T0 + 100_000, T0 + 27 * H);
+    let parts = split(all, &[f1, f2]);
+    let (a, b) = (&parts[0], &parts[1]);
+    let want_a = expected(a);
+
+    let mut sink = resumable(&config);
+    write_engine_style(&mut sink, a, 40, f1);
+    sink.set_checkpoint("cp-1");
+    sink.start_flush().unwrap();
+    write_engine_style(&mut sink, b, 40, f2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sink.flush_done().unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "the background flush never completed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(sink.durable_frontier() >= f1);
+    assert_eq!(sink.stats().checkpoints_stored, 1);
+    // The later changes are written too (batch_ms), then the process dies.
+    wait_durable(&sink, f2);
+    drop(sink);
+
+    let sink2 = resumable(&config);
+    let report = sink2.resume_report().unwrap().clone();
+    assert_eq!(report.frontier, f1);
+    assert_eq!(report.checkpoint.as_deref(), Some("cp-1"));
+    assert_eq!(actual(&config), want_a);
+    drop(sink2);
+    drop_database(&config);
+}

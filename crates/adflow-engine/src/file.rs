@@ -175,6 +175,9 @@ pub struct FileSink {
     previous: Option<Point>,
     /// Write the buffer out after every batch (resumable sinks: live mode's freshness).
     visible: bool,
+    /// The flush begun by `start_flush`: the thread that syncs the files and stores the
+    /// progress record, and the frontier that is durable once it has.
+    syncing: Option<(std::thread::JoinHandle<Result<(), SinkError>>, i64)>,
 }
 
 /// One durable point of a resumable file sink: every change with `version < frontier` is in
@@ -257,6 +260,7 @@ impl FileSink {
             last: None,
             previous: None,
             visible: false,
+            syncing: None,
         })
     }
 
@@ -311,6 +315,7 @@ impl FileSink {
             last: None,
             previous: None,
             visible: true,
+            syncing: None,
         })
     }
 
@@ -353,7 +358,10 @@ impl FileSink {
         Ok(())
     }
 
-    fn write_progress(&mut self) -> std::io::Result<()> {
+    /// The progress record of the point reached now (the files' lengths, the frontier and
+    /// checkpoint received), to be stored once the files are synced; the sink takes it as its
+    /// latest point (the one before it becomes the previous).
+    fn next_progress(&mut self) -> std::io::Result<Vec<u8>> {
         let mut lengths = std::collections::BTreeMap::new();
         for (table, w) in &self.writers {
             lengths.insert(table.name().to_string(), w.get_ref().metadata()?.len());
@@ -377,15 +385,32 @@ impl FileSink {
             previous: previous.clone(),
         };
         let bytes = serde_json::to_vec(&p).map_err(std::io::Error::other)?;
-        adflow_model::durable::replace_file_with(&self.dir.join(PROGRESS_FILE), &bytes, || {
+        self.previous = previous;
+        self.last = Some(latest);
+        Ok(bytes)
+    }
+
+    /// Stores a progress record made by [`FileSink::next_progress`] (temporary file, sync,
+    /// rename, sync of the directory).
+    fn store_progress(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        adflow_model::durable::replace_file_with(&dir.join(PROGRESS_FILE), bytes, || {
             // Fault tests: the progress record is written but never takes the place of the last.
             fail::fail_point!("sink::file::progress", |_| Err(injected_fault(
                 "sink::file::progress"
             )));
             Ok(())
-        })?;
-        self.previous = previous;
-        self.last = Some(latest);
+        })
+    }
+
+    /// Waits for the flush begun by `start_flush`, if any.
+    fn finish_flush(&mut self) -> Result<(), SinkError> {
+        if let Some((handle, frontier)) = self.syncing.take() {
+            handle.join().map_err(|_| SinkError::Other {
+                sink: format!("file {}", self.dir.display()),
+                message: "the sync thread panicked".into(),
+            })??;
+            self.durable = self.durable.max(frontier);
+        }
         Ok(())
     }
 
@@ -435,6 +460,15 @@ impl Sink for FileSink {
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
+        self.start_flush()?;
+        self.finish_flush()
+    }
+
+    /// Writes the buffers out (so the lengths are known) and syncs the files and stores the
+    /// progress record on a thread of its own: the worker that hands this sink its changes
+    /// does not wait for the disk (a sync behind a busy disk took up to 100 ms). Changes
+    /// written meanwhile go after the recorded lengths and are not part of this flush.
+    fn start_flush(&mut self) -> Result<(), SinkError> {
         // Fault tests: making the tables durable fails (as a failed sync of the first table).
         fail::fail_point!("sink::file::flush", |_| Err(io_err_at(&table_path(
             &self.dir,
@@ -442,17 +476,43 @@ impl Sink for FileSink {
         ))(injected_fault(
             "sink::file::flush"
         ))));
+        self.finish_flush()?;
+        let mut files = Vec::with_capacity(self.writers.len());
         for (&table, w) in self.writers.iter_mut() {
-            w.flush()
-                .and_then(|_| w.get_ref().sync_data())
-                .map_err(|e| io_err_at(&table_path(&self.dir, table))(e))?;
+            let path = table_path(&self.dir, table);
+            w.flush().map_err(io_err_at(&path))?;
+            let f = w.get_ref().try_clone().map_err(io_err_at(&path))?;
+            files.push((path, f));
         }
-        if self.resumable {
+        let progress = if self.resumable {
             let path = self.dir.join(PROGRESS_FILE);
-            self.write_progress().map_err(io_err_at(&path))?;
-        }
-        self.durable = self.received;
+            Some(self.next_progress().map_err(io_err_at(&path))?)
+        } else {
+            None
+        };
+        let dir = self.dir.clone();
+        let handle = std::thread::Builder::new()
+            .name("file-sink-sync".into())
+            .spawn(move || -> Result<(), SinkError> {
+                for (path, f) in &files {
+                    f.sync_data().map_err(io_err_at(path))?;
+                }
+                if let Some(bytes) = progress {
+                    let path = dir.join(PROGRESS_FILE);
+                    FileSink::store_progress(&dir, &bytes).map_err(io_err_at(&path))?;
+                }
+                Ok(())
+            })
+            .map_err(io_err_at(&self.dir))?;
+        self.syncing = Some((handle, self.received));
         Ok(())
+    }
+
+    fn flush_done(&mut self) -> Result<bool, SinkError> {
+        match &self.syncing {
+            Some((handle, _)) if !handle.is_finished() => Ok(false),
+            _ => self.finish_flush().map(|()| true),
+        }
     }
 
     fn durable_frontier(&self) -> i64 {
@@ -599,5 +659,36 @@ mod tests {
         // A point it does not hold is an error, not a silent restart.
         let mut s = FileSink::open_resumable(dir).unwrap();
         assert!(s.resume_to(Some("cp0")).is_err());
+    }
+
+    #[test]
+    fn a_background_flush_stores_the_point_it_started_at() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut s = FileSink::open_resumable(dir).unwrap();
+        s.resume_to(None).unwrap();
+        s.write((0..10).map(change).collect(), 10).unwrap();
+        s.set_checkpoint("cp1");
+        s.start_flush().unwrap();
+        // Handed over while the flush runs: visible, not part of it.
+        s.write((10..15).map(change).collect(), 15).unwrap();
+        assert_eq!(lines(dir), 15);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !s.flush_done().unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the flush never completed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(s.durable_frontier(), 10);
+        assert!(s.flush_done().unwrap(), "done stays done");
+        drop(s);
+
+        let mut s = FileSink::open_resumable(dir).unwrap();
+        assert_eq!(s.resume_points(), vec![Some("cp1".to_string()), None]);
+        s.resume_to(Some("cp1")).unwrap();
+        assert_eq!(lines(dir), 10);
+        assert_eq!(s.resume_frontier(Table::DeadLetters), 10);
     }
 }

@@ -36,7 +36,11 @@
 //! checkpoint (round, `F`, all marks) with a flush of its sinks (phase 1) and reports
 //! `Prepared`; when every process is prepared, worker 0 flushes the funnel sinks with the same
 //! checkpoint (phase 2) and broadcasts `Committed`; then every worker commits its partitions'
-//! marks to the consumer group (monitoring) and worker 0 may start the next round. So at any
+//! marks to the consumer group (monitoring, without waiting for the broker) and worker 0 may
+//! start the next round. Both flushes run in the background ([`Sink::start_flush`]): the worker
+//! goes on processing and handing over later changes, and reports `Prepared` / `Committed`
+//! once every sink of the phase says its flush is complete (a synchronous ClickHouse round trip
+//! or disk sync held the whole dataflow back every commit interval). So at any
 //! crash, every phase-1 sink holds the committed round or the next one, and a phase-2 sink the
 //! committed round: a resumable file sink keeps its previous durable point too.
 //!
@@ -709,6 +713,11 @@ fn run_worker(
     let mut committed_at: Time = resume_f;
     // Worker 0 only.
     let mut in_flight: Option<u64> = None;
+    // The round whose funnel-sink flush (phase 2) has been started and is not yet complete.
+    let mut funnel_flushing: Option<u64> = None;
+    // Leaders: the round whose local-sink flush (phase 1) has been started and is not yet
+    // complete (it stays first in `to_prepare` until then).
+    let mut local_flushing: Option<u64> = None;
     let mut last_round = Instant::now();
     let mut last_permit = Instant::now();
     let mut idle: BTreeMap<u64, Option<i64>> = BTreeMap::new();
@@ -976,8 +985,31 @@ fn run_worker(
                     &mut handed[g],
                 )?;
             }
-            // Phase 1 of the oldest round not yet prepared here.
-            while let Some(&k) = to_prepare.front() {
+            // Phase 1 of the oldest round not yet prepared here. The local sinks' flush runs
+            // in the background like phase 2's (started here, `Prepared` once complete).
+            loop {
+                if let Some(k) = local_flushing {
+                    let mut done = true;
+                    for s in &mut sinks[..n_local] {
+                        done &= s.flush_done()?;
+                    }
+                    if !done {
+                        break;
+                    }
+                    local_flushing = None;
+                    to_prepare.pop_front();
+                    broadcast(
+                        ctl,
+                        peers,
+                        Ctl::Prepared {
+                            round: k,
+                            process: process as u64,
+                        },
+                    );
+                }
+                let Some(&k) = to_prepare.front() else {
+                    break;
+                };
                 let f = round_at[&k] as i64;
                 let local_handed = handed[0];
                 let all_marks = round_marks.get(&k).is_some_and(|m| m.len() >= peers);
@@ -996,18 +1028,10 @@ fn run_worker(
                 .to_text();
                 for s in &mut sinks[..n_local] {
                     s.set_checkpoint(&text);
-                    s.flush()?;
+                    s.start_flush()?;
                 }
                 texts.insert(k, text);
-                to_prepare.pop_front();
-                broadcast(
-                    ctl,
-                    peers,
-                    Ctl::Prepared {
-                        round: k,
-                        process: process as u64,
-                    },
-                );
+                local_flushing = Some(k);
             }
         }
         if published.elapsed() >= crate::driver::PUBLISH_EVERY {
@@ -1031,20 +1055,34 @@ fn run_worker(
             );
         }
         if index == 0 {
-            // Phase 2 and the commit.
+            // Phase 2 and the commit. The funnel sinks' flush runs in the background (a
+            // ClickHouse round trip on a loaded machine takes up to a few hundred ms, and a
+            // worker waiting for it held back the whole dataflow every commit interval): it is
+            // started here, the worker goes on, and the round commits once every funnel sink
+            // reports it complete.
             if let Some(k) = in_flight {
                 let f = round_at.get(&k).map_or(i64::MAX, |&f| f as i64);
                 let all = prepared.get(&k).is_some_and(|p| p.len() >= processes);
                 let funnel_handed = *handed.last().unwrap_or(&i64::MIN);
-                if all && funnel_handed >= f {
-                    if let Some(text) = texts.get(&k).cloned() {
+                if funnel_flushing.is_none() && all && funnel_handed >= f {
+                    // Not again: `texts` loses the round here, `in_flight` clears when our own
+                    // Committed arrives.
+                    if let Some(text) = texts.remove(&k) {
                         for s in &mut sinks[n_local..] {
                             s.set_checkpoint(&text);
-                            s.flush()?;
+                            s.start_flush()?;
                         }
+                        funnel_flushing = Some(k);
+                    }
+                }
+                if funnel_flushing == Some(k) {
+                    let mut done = true;
+                    for s in &mut sinks[n_local..] {
+                        done &= s.flush_done()?;
+                    }
+                    if done {
+                        funnel_flushing = None;
                         broadcast(ctl, peers, Ctl::Committed { round: k });
-                        // Not again: `in_flight` clears when our own Committed arrives.
-                        texts.remove(&k);
                     }
                 }
             }
@@ -1132,7 +1170,12 @@ fn run_worker(
                 to_prepare.len(),
                 in_flight,
             );
-            if stop_state.as_ref() != Some(&now_state) {
+            // Waiting for a sink's flush is a sink call, not a stall (as the blocking call it
+            // replaces was): a sink that retries keeps the stop waiting for it.
+            if stop_state.as_ref() != Some(&now_state)
+                || funnel_flushing.is_some()
+                || local_flushing.is_some()
+            {
                 stop_state = Some(now_state);
                 stop_moved = Instant::now();
             } else if stop_moved.elapsed() >= live.stop_stall {

@@ -378,12 +378,18 @@ impl SinkMeter {
 pub struct MeteredSink {
     inner: Box<dyn adflow_model::Sink>,
     meter: SinkMeter,
+    /// When the flush begun by `start_flush` started (until `flush_done` says it is complete).
+    flushing: Option<std::time::Instant>,
 }
 
 impl MeteredSink {
     pub fn wrap(inner: Box<dyn adflow_model::Sink>) -> Box<dyn adflow_model::Sink> {
         let meter = SinkMeter::new(inner.name());
-        Box::new(MeteredSink { inner, meter })
+        Box::new(MeteredSink {
+            inner,
+            meter,
+            flushing: None,
+        })
     }
 }
 
@@ -409,6 +415,28 @@ impl adflow_model::Sink for MeteredSink {
         let r = self.inner.flush();
         match &r {
             Ok(()) => self.meter.flush.record(started.elapsed().as_secs_f64()),
+            Err(_) => self.meter.errors.increment(1),
+        }
+        r
+    }
+    fn start_flush(&mut self) -> Result<(), adflow_model::SinkError> {
+        let started = std::time::Instant::now();
+        let r = self.inner.start_flush();
+        match &r {
+            Ok(()) => self.flushing = Some(started),
+            Err(_) => self.meter.errors.increment(1),
+        }
+        r
+    }
+    fn flush_done(&mut self) -> Result<bool, adflow_model::SinkError> {
+        let r = self.inner.flush_done();
+        match &r {
+            Ok(true) => {
+                if let Some(started) = self.flushing.take() {
+                    self.meter.flush.record(started.elapsed().as_secs_f64());
+                }
+            }
+            Ok(false) => {}
             Err(_) => self.meter.errors.increment(1),
         }
         r

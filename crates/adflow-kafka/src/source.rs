@@ -236,6 +236,17 @@ impl ConsumerContext for SourceContext {
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
     }
+
+    /// The outcome of a commit ([`KafkaSource::commit_async`]'s arrive only here).
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            warn!(error = %e, "offsets commit failed (the group's offsets are for monitoring; the next round commits newer ones)");
+        }
+    }
 }
 
 /// One worker's Kafka consumer of the four input topics. See the module docs for the delivery
@@ -617,6 +628,28 @@ impl KafkaSource {
         &mut self,
         offsets: &[(StreamKind, i32, i64)],
     ) -> Result<CommitOutcome, KafkaError> {
+        self.commit_in(offsets, rdkafka::consumer::CommitMode::Sync)
+    }
+
+    /// [`KafkaSource::commit`] without waiting for the broker: the request is queued and
+    /// this returns at once (the live engine commits every checkpoint round on every worker,
+    /// and a synchronous round trip to the group coordinator held the worker's dataflow each
+    /// time). The outcome arrives later: a failure is logged (`offsets commit failed`) and
+    /// the next commit carries newer offsets; the partition status records the offsets as
+    /// committed when they are sent. The same checks as `commit` apply before anything is
+    /// sent.
+    pub fn commit_async(
+        &mut self,
+        offsets: &[(StreamKind, i32, i64)],
+    ) -> Result<CommitOutcome, KafkaError> {
+        self.commit_in(offsets, rdkafka::consumer::CommitMode::Async)
+    }
+
+    fn commit_in(
+        &mut self,
+        offsets: &[(StreamKind, i32, i64)],
+        mode: rdkafka::consumer::CommitMode,
+    ) -> Result<CommitOutcome, KafkaError> {
         let mut seen = BTreeSet::new();
         let mut outcome = CommitOutcome::default();
         let mut tpl = TopicPartitionList::new();
@@ -650,7 +683,7 @@ impl KafkaSource {
             return Ok(outcome);
         }
         self.consumer
-            .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            .commit(&tpl, mode)
             .map_err(KafkaError::Commit)?;
         for &(stream, partition, offset) in &outcome.committed {
             if let Some(status) = self.partitions.get_mut(&(stream, partition)) {

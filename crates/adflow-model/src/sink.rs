@@ -44,6 +44,22 @@ pub trait Sink: Send {
     /// Blocks until everything handed over so far is durable.
     fn flush(&mut self) -> Result<(), SinkError>;
 
+    /// Starts what [`Sink::flush`] does (with the checkpoint of [`Sink::set_checkpoint`])
+    /// without waiting for it: afterwards [`Sink::flush_done`] says when everything handed over
+    /// before this call is durable and that checkpoint stored. The caller may go on handing
+    /// over changes meanwhile; they are not part of this flush. A sink that writes in the
+    /// background overrides both, so the live engine's checkpoint rounds never stall its worker
+    /// on a slow server. Default: `flush`, which is complete when it returns.
+    fn start_flush(&mut self) -> Result<(), SinkError> {
+        self.flush()
+    }
+
+    /// Whether the flush begun by the last [`Sink::start_flush`] is complete (`true` also when
+    /// none was begun). A failure of that flush is returned here. Default: `true`.
+    fn flush_done(&mut self) -> Result<bool, SinkError> {
+        Ok(true)
+    }
+
     /// Every change with `version` below this frontier is durably stored.
     fn durable_frontier(&self) -> i64;
     /// Changes of `table` with `version` below this frontier were stored by an earlier run
