@@ -54,7 +54,8 @@ BROKERS=""
 TANSU_PID=""
 # A fresh broker for every run: the in-memory broker keeps every message it was sent, and the
 # runs before an unthrottled one would otherwise add up to more than the machine's memory.
-# UNTHROTTLED_STORAGE=sqlite keeps the unthrottled run's backlog on disk instead.
+# UNTHROTTLED_STORAGE=sqlite keeps the unthrottled run's backlog on disk instead (slow: tansu's
+# sqlite storage passed only ~21k events/s at 1.5 cores on the 2-core machine of 2026-12-08).
 fresh_broker() { # $1: memory | sqlite
     bash scripts/services/tansu.sh stop --port "$PORT" >/dev/null 2>&1 || true
     rm -f "$WORK"/tansu.db*
