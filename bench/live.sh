@@ -19,7 +19,9 @@
 # and peak RSS of the adflow processes.
 #
 # Also reported: the CPU seconds the broker, ClickHouse and the load generator took during the
-# run ("others": broker+clickhouse+producer), to see who shares the two cores.
+# run ("others": broker+clickhouse+producer), to see who shares the two cores, and the broker's
+# CPU in the first and the second half of the run (tansu's in-memory storage costs more per
+# message the more it holds: a growing broker takes the cores from the pipeline).
 #
 # Knobs: RATES (events/s, 0 = unthrottled: the producer at 1M/s), DURATION (s), LAYOUTS
 # ("1x2 2x1"), USERS, CLICKHOUSE (1/0), TICK, LATENESS, COMMIT, CH_BATCH_MS (the ClickHouse
@@ -109,9 +111,9 @@ commit_interval = "$COMMIT"
 EOF
 [ -n "$CH_BATCH_MS" ] && printf '[clickhouse]\nbatch_ms = %s\n' "$CH_BATCH_MS" >> "$WORK/cfg.toml"
 
-printf '%-6s %-8s %-9s %-22s %-22s %-20s %-12s %-8s %-9s %s\n' layout offered consumed \
+printf '%-6s %-8s %-9s %-22s %-22s %-20s %-12s %-8s %-9s %-34s %s\n' layout offered consumed \
     "file p50/p99/max ms" "ch p50/p99/max ms" "engine p50/p99/max" "p99 1st/2nd" "cpu s" "rss MiB" \
-    "others cpu s (broker+ch+producer)"
+    "others cpu s (broker+ch+producer)" "broker cpu s 1st/2nd half"
 run_one() {
     local layout="$1" rate="$2"
     local n="${layout%x*}" w="${layout#*x}" prefix="b$RANDOM$RANDOM."
@@ -136,9 +138,13 @@ run_one() {
         --duration "$DURATION" --users "$USERS" > "$dir/produce.out" 2> "$dir/produce.err" &
     local prod=$!
     : > "$dir/file.lat"; : > "$dir/ch.lat"
+    local started_ms tansu_mid=""; started_ms=$(now_ms)
     sleep 2
     while kill -0 "$prod" 2>/dev/null; do
         local t; t=$(now_ms)
+        if [ -z "$tansu_mid" ] && [ $((t - started_ms)) -ge $((DURATION * 500)) ]; then
+            tansu_mid=$(cpu_of "$TANSU_PID")
+        fi
         local v=0
         for i in $(seq 0 $((n - 1))); do
             local f="$dir/out$i/campaign_metrics.jsonl"
@@ -156,6 +162,9 @@ run_one() {
         sleep 0.25
     done
     wait "$prod" || true
+    local halves
+    halves="$(awk -v a="$tansu0" -v m="${tansu_mid:-$tansu0}" -v e="$(cpu_of "$TANSU_PID")" \
+        'BEGIN {printf "%.0f/%.0f", m - a, e - m}')"
     sleep 3
     local others
     others="$(awk -v a="$(cpu_of "$TANSU_PID")" -v b="$tansu0" -v c="$(cpu_of "$CH_PID")" -v d="$ch0" \
@@ -175,10 +184,10 @@ run_one() {
     [ "$n" -gt 1 ] && cpu="$cpu(${per%+})"
     rss=$(cat "$dir"/run*.err | awk -F': ' '/Maximum resident/ {s+=$2} END {printf "%.0f", s/1024}')
     eng=$(cat "$dir"/run*.err | grep -o 'p50 [0-9]* ms, p99 [0-9]* ms, max [0-9]* ms' | head -1 | sed -E 's/p50 ([0-9]+) ms, p99 ([0-9]+) ms, max ([0-9]+) ms/\1\/\2\/\3/' || true)
-    printf '%-6s %-8s %-9s %-22s %-22s %-20s %-12s %-8s %-9s %s\n' "$layout" "$offered" \
+    printf '%-6s %-8s %-9s %-22s %-22s %-20s %-12s %-8s %-9s %-34s %s\n' "$layout" "$offered" \
         "$(( consumed / DURATION ))/s" "$(pct "$dir/file.lat" | tr ' ' /)" \
         "$( [ -n "$CH" ] && pct "$dir/ch.lat" | tr ' ' / || echo -)" "${eng:--}" \
-        "$(half_p99 "$dir/file.lat" | tr ' ' /)" "$cpu" "$rss" "$others"
+        "$(half_p99 "$dir/file.lat" | tr ' ' /)" "$cpu" "$rss" "$others" "$halves"
     [ -n "${KEEP:-}" ] && cp -r "$dir" "${KEEP}/" || true
 }
 for layout in $LAYOUTS; do
