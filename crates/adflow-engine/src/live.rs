@@ -327,6 +327,24 @@ fn local_watermark<'a>(
 /// Sends `msg` to every worker (its own batch, so messages arrive in the order sent). The
 /// control input's time moves on with every message: only closing a time makes the exchange
 /// channel push its buffered data out.
+/// Starts every sink's flush with `checkpoint` (one phase of a checkpoint round).
+fn start_flushes(sinks: &mut [Box<dyn Sink>], checkpoint: &str) -> Result<(), EngineError> {
+    for s in sinks {
+        s.set_checkpoint(checkpoint);
+        s.start_flush()?;
+    }
+    Ok(())
+}
+
+/// Whether every sink's flush begun by [`start_flushes`] is complete (each is asked).
+fn flushes_done(sinks: &mut [Box<dyn Sink>]) -> Result<bool, EngineError> {
+    let mut done = true;
+    for s in sinks {
+        done &= s.flush_done()?;
+    }
+    Ok(done)
+}
+
 fn broadcast(ctl: &mut CtlInput, peers: usize, msg: Ctl) {
     send(ctl, 0..peers as u64, msg);
 }
@@ -989,11 +1007,7 @@ fn run_worker(
             // in the background like phase 2's (started here, `Prepared` once complete).
             loop {
                 if let Some(k) = local_flushing {
-                    let mut done = true;
-                    for s in &mut sinks[..n_local] {
-                        done &= s.flush_done()?;
-                    }
-                    if !done {
+                    if !flushes_done(&mut sinks[..n_local])? {
                         break;
                     }
                     local_flushing = None;
@@ -1026,10 +1040,7 @@ fn run_worker(
                     read,
                 }
                 .to_text();
-                for s in &mut sinks[..n_local] {
-                    s.set_checkpoint(&text);
-                    s.start_flush()?;
-                }
+                start_flushes(&mut sinks[..n_local], &text)?;
                 texts.insert(k, text);
                 local_flushing = Some(k);
             }
@@ -1068,19 +1079,12 @@ fn run_worker(
                     // Not again: `texts` loses the round here, `in_flight` clears when our own
                     // Committed arrives.
                     if let Some(text) = texts.remove(&k) {
-                        for s in &mut sinks[n_local..] {
-                            s.set_checkpoint(&text);
-                            s.start_flush()?;
-                        }
+                        start_flushes(&mut sinks[n_local..], &text)?;
                         funnel_flushing = Some(k);
                     }
                 }
                 if funnel_flushing == Some(k) {
-                    let mut done = true;
-                    for s in &mut sinks[n_local..] {
-                        done &= s.flush_done()?;
-                    }
-                    if done {
+                    if flushes_done(&mut sinks[n_local..])? {
                         funnel_flushing = None;
                         broadcast(ctl, peers, Ctl::Committed { round: k });
                     }
