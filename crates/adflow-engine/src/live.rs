@@ -1083,11 +1083,9 @@ fn run_worker(
                         funnel_flushing = Some(k);
                     }
                 }
-                if funnel_flushing == Some(k) {
-                    if flushes_done(&mut sinks[n_local..])? {
-                        funnel_flushing = None;
-                        broadcast(ctl, peers, Ctl::Committed { round: k });
-                    }
+                if funnel_flushing == Some(k) && flushes_done(&mut sinks[n_local..])? {
+                    funnel_flushing = None;
+                    broadcast(ctl, peers, Ctl::Committed { round: k });
                 }
             }
             if in_flight.is_none() {
